@@ -1,0 +1,156 @@
+//! Peak device-memory estimate of a run, before anything is loaded.
+//!
+//! A sum of parts computed from the model's sizes, the method, the base's
+//! storage, the batch shape and the precision: weights, gradients, optimizer
+//! state, activations kept for the backward pass, and a fixed workspace for
+//! the runtime's allocator and kernels.
+
+use crate::config::{Method, Precision, QuantFormat, RunConfig};
+use serde::{Deserialize, Serialize};
+
+/// The parts of a memory estimate, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryEstimate {
+    /// Parameters of the model (base as stored, plus adapters and head).
+    pub weights: u64,
+    /// Gradients of the trainable parameters.
+    pub gradients: u64,
+    /// AdamW moments (and fp32 master copies under bf16).
+    pub optimizer: u64,
+    /// Activations kept for the backward pass at the planned batch shape.
+    pub activations: u64,
+    /// Allocator slack and kernel workspace.
+    pub workspace: u64,
+    /// The sum.
+    pub total: u64,
+}
+
+/// Parameter counts of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parameters {
+    /// All parameters of the base encoder.
+    pub base: u64,
+    /// Parameters that train (adapters and head, or everything).
+    pub trainable: u64,
+}
+
+/// Counts parameters of the encoder, the adapters and the head.
+pub fn parameters(config: &RunConfig) -> Parameters {
+    let d = &config.model.base.dims;
+    let (h, i, l, v, p) = (
+        d.hidden as u64,
+        d.intermediate as u64,
+        d.layers as u64,
+        d.vocab as u64,
+        d.max_positions as u64 + 2,
+    );
+    let embeddings = (v + p + 2) * h + 2 * h;
+    let per_layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h;
+    let base = embeddings + l * per_layer;
+    let labels = config.model.labels.len() as u64;
+    let head = h * labels + labels;
+    let trainable = match &config.method {
+        Method::Full => base + head,
+        Method::Lora(lora) | Method::Qlora(lora) => {
+            let r = lora.rank as u64;
+            let per_target: u64 = lora
+                .targets
+                .iter()
+                .map(|t| {
+                    let (fan_in, fan_out) = module_shape(t, h, i);
+                    r * (fan_in + fan_out)
+                })
+                .sum();
+            l * per_target + head
+        }
+    };
+    Parameters { base, trainable }
+}
+
+/// (in, out) features of a module, by its Hugging Face name.
+fn module_shape(name: &str, hidden: u64, inter: u64) -> (u64, u64) {
+    match name {
+        "intermediate.dense" => (hidden, inter),
+        "output.dense" => (inter, hidden),
+        _ => (hidden, hidden),
+    }
+}
+
+/// Bytes of the base weights as stored.
+fn base_weight_bytes(config: &RunConfig, base_params: u64) -> u64 {
+    let d = &config.model.base.dims;
+    let linear = d.layers as u64
+        * (4 * d.hidden as u64 * d.hidden as u64 + 2 * d.hidden as u64 * d.intermediate as u64);
+    let rest = base_params - linear;
+    let q = &config.quantize;
+    match q.format.bits() {
+        None => base_params * 4,
+        Some(bits) => {
+            let blocks = linear.div_ceil(q.block_size as u64);
+            let scales = if q.double_quant {
+                blocks + blocks.div_ceil(256) * 4
+            } else {
+                blocks * 4
+            };
+            linear * bits as u64 / 8 + scales + rest * 4
+        }
+    }
+}
+
+/// Estimates the peak device memory of one run.
+pub fn estimate(config: &RunConfig) -> MemoryEstimate {
+    let params = parameters(config);
+    let d = &config.model.base.dims;
+    let bf16 = config.train.precision == Precision::Bf16;
+    let weights = base_weight_bytes(config, params.base)
+        + if matches!(config.method, Method::Full) {
+            0
+        } else {
+            params.trainable * 4
+        };
+    let gradients = params.trainable * 4;
+    let optimizer = params.trainable * 8;
+    let (b, s, h, i, heads, l) = (
+        config.train.batch_size as u64,
+        config.dataset.max_tokens as u64,
+        d.hidden as u64,
+        d.intermediate as u64,
+        d.heads as u64,
+        d.layers as u64,
+    );
+    let elem = if bf16 { 2 } else { 4 };
+    // Per layer, kept for backward: inputs of the four projections and their
+    // outputs (q, k, v, context), attention scores and probabilities,
+    // two layer-norm inputs, the feed-forward input and inner activation.
+    let per_layer = b * s * (10 * h + 2 * i) * elem + 2 * b * heads * s * s * elem;
+    let dequant = if config.quantize.format != QuantFormat::None {
+        h * i * 4
+    } else {
+        0
+    };
+    let activations = l * per_layer + b * s * h * 4 + dequant;
+    let workspace = 64 * 1024 * 1024;
+    let total = weights + gradients + optimizer + activations + workspace;
+    MemoryEstimate {
+        weights,
+        gradients,
+        optimizer,
+        activations,
+        workspace,
+        total,
+    }
+}
+
+/// `512.0 MiB`, `8.00 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{bytes} B")
+    }
+}

@@ -1,0 +1,264 @@
+//! The `ftl` command line: reads files, calls the library, prints results.
+
+use clap::{Parser, Subcommand};
+use ftl::diagnostic::Diagnostic;
+use ftl::project::FsLoader;
+use ftl::span::Sources;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "ftl",
+    version,
+    about = "Fine-tuning pipelines for compact language models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check pipeline files and report every problem.
+    Check {
+        /// The `.ft` files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The project folder paths must stay inside (default: the file's folder).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Show the fully resolved plan `ftl run` would execute.
+    Plan {
+        /// The `.ft` file.
+        file: PathBuf,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The project folder paths must stay inside (default: the file's folder).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Predict peak device memory of each run, part by part.
+    Estimate {
+        /// The `.ft` file.
+        file: PathBuf,
+        /// The project folder paths must stay inside (default: the file's folder).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Format files in place (or check that they are formatted).
+    Fmt {
+        /// The `.ft` files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Change nothing; fail if a file is not formatted.
+        #[arg(long)]
+        check: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ok = match cli.command {
+        Command::Check { files, root } => files
+            .iter()
+            .map(|f| check_file(f, root.as_deref()))
+            .fold(true, |a, b| a & b),
+        Command::Plan { file, json, root } => plan_file(&file, root.as_deref(), json),
+        Command::Estimate { file, root } => estimate_file(&file, root.as_deref()),
+        Command::Fmt { files, check } => files
+            .iter()
+            .map(|f| fmt_file(f, check))
+            .fold(true, |a, b| a & b),
+    };
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn color() -> bool {
+    std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
+}
+
+fn report(diags: &[Diagnostic], sources: &Sources) {
+    eprint!("{}", ftl::render::render(diags, sources, color()));
+}
+
+/// Splits a path into (project root, entry path inside it, display prefix).
+fn project_of(file: &Path, root: Option<&Path>) -> Result<(PathBuf, String, String), String> {
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let (root, entry) = match root {
+        None => {
+            let name = file
+                .file_name()
+                .ok_or_else(|| format!("{} is not a file", file.display()))?;
+            (dir.to_path_buf(), name.to_string_lossy().into_owned())
+        }
+        Some(root) => {
+            let abs = |p: &Path| {
+                p.canonicalize()
+                    .map_err(|e| format!("{}: {e}", p.display()))
+            };
+            let (r, f) = (abs(root)?, abs(file)?);
+            let rel = f.strip_prefix(&r).map_err(|_| {
+                format!(
+                    "{} is not inside the project folder {}",
+                    file.display(),
+                    root.display()
+                )
+            })?;
+            (root.to_path_buf(), rel.to_string_lossy().replace('\\', "/"))
+        }
+    };
+    let prefix = match root.to_string_lossy().as_ref() {
+        "." | "" => String::new(),
+        r => format!("{}/", r.trim_end_matches('/')),
+    };
+    Ok((root, entry, prefix))
+}
+
+fn load_plan(file: &Path, root: Option<&Path>) -> Option<ftl::plan::Plan> {
+    let (root, entry, prefix) = match project_of(file, root) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return None;
+        }
+    };
+    let loader = FsLoader::new(root);
+    let mut sources = Sources::new();
+    let checked = ftl::check(&entry, &loader, &mut sources, &prefix)
+        .map_err(|d| report(&d, &sources))
+        .ok()?;
+    ftl::lower(&checked, &sources)
+        .map_err(|d| report(&d, &sources))
+        .ok()
+}
+
+fn check_file(file: &Path, root: Option<&Path>) -> bool {
+    let (root, entry, prefix) = match project_of(file, root) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return false;
+        }
+    };
+    let loader = FsLoader::new(root);
+    let mut sources = Sources::new();
+    match ftl::check(&entry, &loader, &mut sources, &prefix) {
+        Ok(checked) if checked.runs.is_empty() => true,
+        Ok(checked) => match ftl::lower(&checked, &sources) {
+            Ok(_) => true,
+            Err(d) => {
+                report(&d, &sources);
+                false
+            }
+        },
+        Err(d) => {
+            report(&d, &sources);
+            false
+        }
+    }
+}
+
+fn plan_file(file: &Path, root: Option<&Path>, json: bool) -> bool {
+    let Some(plan) = load_plan(file, root) else {
+        return false;
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan).expect("plans serialize")
+        );
+    } else {
+        print!("{}", ftl::plan::view::render(&plan));
+    }
+    true
+}
+
+fn estimate_file(file: &Path, root: Option<&Path>) -> bool {
+    use ftl::estimate::human_bytes as h;
+    let Some(plan) = load_plan(file, root) else {
+        return false;
+    };
+    println!(
+        "{:<36} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}  budget",
+        "run", "total", "weights", "gradients", "optimizer", "activations", "workspace"
+    );
+    for run in &plan.runs {
+        let m = &run.memory;
+        let verdict = if run.skip.is_some() {
+            "over: skipped"
+        } else {
+            "fits"
+        };
+        let budget = run
+            .config
+            .budget
+            .gpu_memory
+            .map_or("none".to_string(), |b| format!("{} ({verdict})", h(b)));
+        println!(
+            "{:<36} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}  {budget}",
+            run.name,
+            h(m.total),
+            h(m.weights),
+            h(m.gradients),
+            h(m.optimizer),
+            h(m.activations),
+            h(m.workspace)
+        );
+    }
+    true
+}
+
+fn fmt_file(file: &Path, check: bool) -> bool {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", file.display());
+            return false;
+        }
+    };
+    let mut sources = Sources::new();
+    let id = sources.add(file.to_string_lossy(), text.clone());
+    let ast = match ftl::parse(id, &text) {
+        Ok(a) => a,
+        Err(d) => {
+            report(&d, &sources);
+            return false;
+        }
+    };
+    let formatted = ftl::fmt::format(&ast, &text);
+    if formatted == text {
+        return true;
+    }
+    if check {
+        eprintln!(
+            "{} is not formatted; run `ftl fmt {}`",
+            file.display(),
+            file.display()
+        );
+        return false;
+    }
+    // Write beside, then rename: an interrupted write never truncates the file.
+    let tmp = file.with_extension("ft.fmt-tmp");
+    match std::fs::write(&tmp, &formatted).and_then(|_| std::fs::rename(&tmp, file)) {
+        Ok(()) => {
+            eprintln!("formatted {}", file.display());
+            true
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("error: cannot write {}: {e}", file.display());
+            false
+        }
+    }
+}
