@@ -50,3 +50,6 @@ pub mod syntax;
 pub use check::check;
 pub use plan::lower;
 pub use syntax::parse;
+pub mod data;
+pub mod metrics;
+pub mod quant;
