@@ -53,3 +53,5 @@ pub use syntax::parse;
 pub mod data;
 pub mod metrics;
 pub mod quant;
+pub mod report;
+pub mod rundir;
