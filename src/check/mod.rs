@@ -7,6 +7,7 @@
 //! stops the others, except that a file which does not load or parse is not
 //! elaborated (its errors would only cascade).
 
+pub mod declarations;
 pub mod elab;
 pub mod modules;
 pub mod read;
@@ -90,10 +91,10 @@ pub fn check(
                     };
                     match d.kind {
                         DeclKind::Model => {
-                            let _ = sections::model_decl(&mut cx, &val);
+                            let _ = declarations::model_decl(&mut cx, &val);
                         }
                         DeclKind::Dataset => {
-                            let _ = sections::dataset_decl(&mut cx, &val);
+                            let _ = declarations::dataset_decl(&mut cx, &val);
                         }
                         DeclKind::Pipeline if m == 0 => {
                             runs.extend(sweep::expand(&mut cx, &d.name.name, d.name.span, record));
@@ -160,8 +161,10 @@ pub fn declarations(
             poisoned: &el.poisoned,
         };
         let decl = match d.kind {
-            DeclKind::Model => sections::model_decl(&mut cx, &val).map(Declaration::Model),
-            DeclKind::Dataset => sections::dataset_decl(&mut cx, &val).map(Declaration::Dataset),
+            DeclKind::Model => declarations::model_decl(&mut cx, &val).map(Declaration::Model),
+            DeclKind::Dataset => {
+                declarations::dataset_decl(&mut cx, &val).map(Declaration::Dataset)
+            }
             DeclKind::Pipeline => None,
         };
         if let Some(decl) = decl {

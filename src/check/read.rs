@@ -620,3 +620,38 @@ pub fn unknown_unit(span: Span, unit: &str) -> Diagnostic {
             "sizes: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB; durations: ms, s, min, h, d; shares: %",
         )
 }
+
+/// The record of a block or declaration value, or a "wrong type" error.
+pub fn record_of<'v>(cx: &mut Cx, val: &'v Val, what: &str, hint: &str) -> Option<&'v Record> {
+    match &val.kind {
+        ValKind::Record(r) | ValKind::Decl { record: r, .. } => Some(r),
+        _ => {
+            cx.error(mismatch(val, what).hint(hint.to_string()));
+            None
+        }
+    }
+}
+
+/// A "missing argument" error.
+pub fn missing_arg<T>(cx: &mut Cx, val: &Val, function: &str, arg: &str) -> Option<T> {
+    cx.error(
+        Diagnostic::error(
+            Code::MissingField,
+            val.span,
+            format!("`{function}` needs the argument `{arg}`"),
+        )
+        .label(format!("`{arg}` is missing"))
+        .hint(format!("add `{arg} = ...` inside the parentheses")),
+    );
+    None
+}
+
+/// Absent stays absent (`Some(None)`); a field that failed to read fails the
+/// whole section (`None`).
+pub fn opt<T>(x: Option<Option<T>>) -> Option<Option<T>> {
+    match x {
+        None => Some(None),
+        Some(None) => None,
+        Some(Some(v)) => Some(Some(v)),
+    }
+}
