@@ -213,6 +213,8 @@ pub struct DatasetConfig {
     pub seed: u64,
     /// Bad-row policy.
     pub bad_rows: BadRows,
+    /// Known sha256 of the split files, by split (`train`, `eval`, `test`).
+    pub sha256: BTreeMap<String, String>,
 }
 
 /// Row limits per split.

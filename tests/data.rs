@@ -42,6 +42,17 @@ fn sst2() -> DatasetConfig {
         shuffle: true,
         seed: 42,
         bad_rows: BadRows::Error,
+        sha256: [
+            (
+                "train".to_string(),
+                "48eac26399f8456935f81dd9e3a745c1430adb6c62e233ccfe22db4a0d15d1d1".to_string(),
+            ),
+            (
+                "eval".to_string(),
+                "54a9c12c77e402fc14d6a66a506f24d999f596b0176eb777c972cccc2f9cc4b0".to_string(),
+            ),
+        ]
+        .into(),
     }
 }
 
@@ -145,6 +156,7 @@ fn local(file: &str, format: Format, bad_rows: BadRows) -> DatasetConfig {
         shuffle: true,
         seed: 1,
         bad_rows,
+        sha256: Default::default(),
     }
 }
 
@@ -266,6 +278,16 @@ fn each_kind_of_bad_row_names_file_line_and_fix() {
             Err(e) => panic!("{name} with skip: {e}"),
         }
     }
+}
+
+#[test]
+fn a_file_that_differs_from_its_pinned_digest_is_refused() {
+    let p = project("digest", &[("d.tsv", b"text\tlabel\nhi\t1\n")]);
+    let mut cfg = local("d.tsv", Format::Tsv, BadRows::Error);
+    cfg.sha256.insert("train".into(), "0".repeat(64));
+    let err = data::load(&cfg, &p.0, &[]).expect_err("digest differs");
+    assert!(matches!(err, DataError::Checksum { .. }), "{err}");
+    assert!(err.to_string().contains("dataset.sha256"), "{err}");
 }
 
 #[test]

@@ -98,7 +98,14 @@ pub fn model_decl(cx: &mut Cx, val: &Val) -> Option<ModelSpec> {
             "[\"query\", \"value\"]",
         )
         .map(|t| (t, as_strings(cx, &t.value, true)));
-    let sha256 = f.get(cx, "sha256").map(|s| sha256_block(cx, &s.value));
+    let sha256 = f.get(cx, "sha256").map(|s| {
+        sha256_block(
+            cx,
+            &s.value,
+            "model.base.sha256",
+            &["weights", "tokenizer", "config"],
+        )
+    });
     let mirror = f.get(cx, "mirror").map(|m| mirror_value(cx, &m.value));
     f.finish(cx);
     if hub.is_none() && path.is_none() && mirror.is_none() {
@@ -177,17 +184,23 @@ pub fn check_targets(
     ok.then_some(())
 }
 
-fn sha256_block(cx: &mut Cx, val: &Val) -> Option<std::collections::BTreeMap<String, String>> {
+/// A `sha256 { ROLE = "..." }` block with the given roles.
+fn sha256_block(
+    cx: &mut Cx,
+    val: &Val,
+    prefix: &str,
+    roles: &[&'static str],
+) -> Option<std::collections::BTreeMap<String, String>> {
     let record = record_of(
         cx,
         val,
         "a block of sha256 digests",
         "write `sha256 { weights = \"...\" }`",
     )?;
-    let mut f = Fields::new("model.base.sha256", record, val.span);
+    let mut f = Fields::new(prefix, record, val.span);
     let mut out = std::collections::BTreeMap::new();
     let mut ok = true;
-    for role in ["weights", "tokenizer", "config"] {
+    for &role in roles {
         if let Some(v) = f.get(cx, role) {
             match as_str(cx, &v.value) {
                 Some(s)
@@ -373,6 +386,14 @@ pub fn dataset_section(cx: &mut Cx, prefix: &str, val: &Val) -> Option<DatasetCo
         .get(cx, "max_tokens")
         .map(|v| as_int(cx, &v.value, 4, 1 << 16).map(|v| v as u32));
     let shuffle = f.get(cx, "shuffle").map(|v| as_bool(cx, &v.value));
+    let sha256 = f.get(cx, "sha256").map(|s| {
+        sha256_block(
+            cx,
+            &s.value,
+            &format!("{prefix}.sha256"),
+            &["train", "eval", "test"],
+        )
+    });
     let bad_rows = f.get(cx, "bad_rows").map(|v| {
         as_symbol(
             cx,
@@ -414,6 +435,7 @@ pub fn dataset_section(cx: &mut Cx, prefix: &str, val: &Val) -> Option<DatasetCo
         max_tokens: max_tokens.unwrap_or(Some(128))?,
         shuffle: shuffle.unwrap_or(Some(true))?,
         seed: seed.unwrap_or(Some(42))?,
+        sha256: opt(sha256)?.unwrap_or_default(),
         bad_rows: bad_rows.unwrap_or(Some(BadRows::Error))?,
     })
 }

@@ -77,6 +77,15 @@ pub enum DataError {
         /// How to fix it.
         fix: String,
     },
+    /// A file's content differs from the digest the pipeline pins.
+    Checksum {
+        /// The file.
+        file: String,
+        /// The pinned sha256.
+        expected: String,
+        /// The file's sha256.
+        found: String,
+    },
     /// A split ended up with no rows.
     Empty {
         /// Which split.
@@ -115,6 +124,14 @@ impl fmt::Display for DataError {
                 problem,
                 fix,
             } => write!(f, "{file}:{line}: {problem}\nhint: {fix}"),
+            DataError::Checksum {
+                file,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{file}: sha256 is {found}, but the pipeline pins {expected}\nhint: the file differs from the one the pipeline was written for; get the original, or update `dataset.sha256`"
+            ),
             DataError::Empty { split } => write!(
                 f,
                 "the `{split}` split has no rows\nhint: check the file and `dataset.limit`"
@@ -213,28 +230,42 @@ pub fn load(
     search: &[PathBuf],
 ) -> Result<Loaded, DataError> {
     let mut skipped = Vec::new();
-    let mut read_file = |file: &FileRef| -> Result<Vec<Example>, DataError> {
+    let mut read_file = |file: &FileRef, role: &str| -> Result<Vec<Example>, DataError> {
         let path = resolve(file, project_root, search)?;
         let shown = match file {
             FileRef::Project { path } => path.clone(),
             FileRef::DataPath { .. } => path.display().to_string(),
         };
+        if let Some(expected) = cfg.sha256.get(role) {
+            let found = sha256_file(&path).map_err(|e| DataError::Io {
+                file: shown.clone(),
+                reason: e.to_string(),
+            })?;
+            if &found != expected {
+                return Err(DataError::Checksum {
+                    file: shown,
+                    expected: expected.clone(),
+                    found,
+                });
+            }
+        }
         let table = read::read_table(&path, &shown, cfg)?;
         skipped.extend(table.skipped);
         Ok(table.examples)
     };
-    let mut train = read_file(&cfg.train)?;
+    let mut train = read_file(&cfg.train, "train")?;
     let mut carve = |split: &Option<Split>,
+                     role: &str,
                      train: &mut Vec<Example>|
      -> Result<Option<Vec<Example>>, DataError> {
         match split {
             None => Ok(None),
-            Some(Split::File { file }) => read_file(file).map(Some),
+            Some(Split::File { file }) => read_file(file, role).map(Some),
             Some(Split::Holdout { fraction, seed }) => Ok(Some(holdout(train, *fraction, *seed))),
         }
     };
-    let mut eval = carve(&cfg.eval, &mut train)?;
-    let mut test = carve(&cfg.test, &mut train)?;
+    let mut eval = carve(&cfg.eval, "eval", &mut train)?;
+    let mut test = carve(&cfg.test, "test", &mut train)?;
     let limit = |rows: &mut Vec<Example>, n: Option<u64>| {
         if let Some(n) = n {
             rows.truncate(n as usize);
@@ -262,6 +293,27 @@ pub fn load(
         test,
         skipped,
     })
+}
+
+/// The sha256 of a file, in lowercase hex.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Moves a seeded random share of `train` into a new split; both keep file order.
