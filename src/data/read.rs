@@ -79,6 +79,11 @@ impl Rows<'_> {
         }
     }
 
+    fn not_utf8(&mut self, line: u64) -> Result<(), DataError> {
+        let fix = "re-save the file as UTF-8, or set `dataset.bad_rows = skip`";
+        self.bad(line, "the line is not valid UTF-8".into(), fix.into())
+    }
+
     fn example(
         &self,
         line: u64,
@@ -178,11 +183,7 @@ fn read_tsv(bytes: &[u8], rows: &mut Rows) -> Result<(), DataError> {
             continue;
         }
         let Ok(text) = std::str::from_utf8(raw) else {
-            rows.bad(
-                line,
-                "the line is not valid UTF-8".into(),
-                "re-save the file as UTF-8, or set `dataset.bad_rows = skip`".into(),
-            )?;
+            rows.not_utf8(line)?;
             continue;
         };
         let fields: Vec<&str> = text.split('\t').collect();
@@ -242,11 +243,7 @@ fn read_csv(bytes: &[u8], rows: &mut Rows) -> Result<(), DataError> {
         let field = |i: usize| record.get(i).map(std::str::from_utf8);
         match (field(ti), field(li)) {
             (Some(Err(_)), _) | (_, Some(Err(_))) => {
-                rows.bad(
-                    line,
-                    "the row is not valid UTF-8".into(),
-                    "re-save the file as UTF-8, or set `dataset.bad_rows = skip`".into(),
-                )?;
+                rows.not_utf8(line)?;
             }
             (t, l) => {
                 let (t, l) = (t.and_then(Result::ok), l.and_then(Result::ok));
@@ -265,11 +262,7 @@ fn read_jsonl(bytes: &[u8], rows: &mut Rows) -> Result<(), DataError> {
             continue;
         }
         let Ok(text) = std::str::from_utf8(raw) else {
-            rows.bad(
-                line,
-                "the line is not valid UTF-8".into(),
-                "re-save the file as UTF-8, or set `dataset.bad_rows = skip`".into(),
-            )?;
+            rows.not_utf8(line)?;
             continue;
         };
         let value: serde_json::Value = match serde_json::from_str(text) {
