@@ -52,6 +52,7 @@ pub use plan::lower;
 pub use syntax::parse;
 pub mod data;
 pub mod metrics;
+pub mod peft;
 pub mod quant;
 pub mod report;
 pub mod rundir;
