@@ -56,3 +56,4 @@ pub mod peft;
 pub mod quant;
 pub mod report;
 pub mod rundir;
+pub mod runtime;

@@ -157,17 +157,14 @@ pub fn data_search_path() -> Vec<PathBuf> {
     out
 }
 
-/// ftl's own folder for caches: `$FTL_HOME`, else the user's cache dir.
+/// ftl's own folder for caches: `$FTL_HOME`, else `ftl` in the user's cache
+/// folder (`$XDG_CACHE_HOME` or `~/.cache` on Linux).
 pub fn ftl_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("FTL_HOME") {
-        return PathBuf::from(h);
-    }
-    if let Some(x) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(x).join("ftl");
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".cache").join("ftl"),
-        None => PathBuf::from(".ftl-cache"),
+    match std::env::var_os("FTL_HOME") {
+        Some(h) if !h.is_empty() => PathBuf::from(h),
+        _ => dirs::cache_dir()
+            .unwrap_or_else(std::env::temp_dir)
+            .join("ftl"),
     }
 }
 

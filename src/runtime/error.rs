@@ -1,0 +1,282 @@
+//! Errors of the runtime, as data.
+//!
+//! Every failure a user can cause (a missing or corrupt file, a config that does
+//! not describe the weights, an unsafe weights format) is a [`RuntimeError`]
+//! value naming the file or tensor involved, with a hint saying what to do.
+//! Nothing here prints; the command line renders these.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Result of a runtime operation.
+pub type RuntimeResult<T> = Result<T, RuntimeError>;
+
+/// A failure of the runtime, naming the file or tensor at fault.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuntimeError {
+    /// A file could not be read or written: `model.safetensors: No such file or directory`.
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// What was being done, e.g. "read".
+        action: &'static str,
+        /// The operating system's message.
+        message: String,
+    },
+    /// `config.json` is not valid JSON or lacks a field: `missing field hidden_size`.
+    ConfigParse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A config field has a value ftl cannot use: `hidden_size 100 not divisible by 12 heads`.
+    ConfigInvalid {
+        /// The config file.
+        path: PathBuf,
+        /// The field at fault.
+        field: &'static str,
+        /// Why the value is refused.
+        reason: String,
+    },
+    /// The model type is not one ftl implements: `model_type "gpt2"`.
+    UnsupportedModel {
+        /// The config file.
+        path: PathBuf,
+        /// The `model_type` found.
+        model_type: String,
+    },
+    /// Weights stored as a Python pickle (`pytorch_model.bin`, `.pt`, `.pth`, `.ckpt`).
+    UnsafeWeightsFormat {
+        /// The refused file.
+        path: PathBuf,
+    },
+    /// The safetensors file is truncated or its header is malformed.
+    CorruptWeights {
+        /// The weights file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A tensor the config requires is absent: `encoder.layer.5.output.dense.weight`.
+    MissingTensor {
+        /// The weights file.
+        path: PathBuf,
+        /// The upstream tensor name.
+        tensor: String,
+    },
+    /// A tensor's shape disagrees with the config: `[384, 384]` where `[768, 768]` was expected.
+    TensorShape {
+        /// The weights file.
+        path: PathBuf,
+        /// The upstream tensor name.
+        tensor: String,
+        /// The shape the config implies.
+        expected: Vec<usize>,
+        /// The shape stored in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor is stored in a dtype ftl does not load: `F16` where `F32` was expected.
+    TensorDtype {
+        /// The weights file.
+        path: PathBuf,
+        /// The upstream tensor name.
+        tensor: String,
+        /// The dtype stored in the file.
+        found: String,
+    },
+    /// Inputs handed to a model do not fit it: `attention mask [2, 7] for ids [2, 8]`.
+    InputShape {
+        /// What was wrong.
+        message: String,
+    },
+    /// `tokenizer.json` could not be loaded or used.
+    Tokenizer {
+        /// The tokenizer file (or the model folder).
+        path: PathBuf,
+        /// The tokenizer library's message.
+        message: String,
+    },
+    /// A downloaded or cached file does not have the expected SHA-256.
+    Checksum {
+        /// The file checked.
+        path: PathBuf,
+        /// The digest expected, hex.
+        expected: String,
+        /// The digest found, hex.
+        found: String,
+    },
+    /// A model could not be found anywhere ftl looks; each place and its outcome is listed.
+    ModelNotFound {
+        /// The model asked for.
+        model: String,
+        /// Each place looked, with what happened there.
+        attempts: Vec<String>,
+    },
+}
+
+impl RuntimeError {
+    /// Builds an [`RuntimeError::Io`] from an I/O error.
+    pub fn io(path: &Path, action: &'static str, error: &std::io::Error) -> Self {
+        RuntimeError::Io {
+            path: path.to_path_buf(),
+            action,
+            message: error.to_string(),
+        }
+    }
+
+    /// A short, stable code for the error kind, for tests and documentation.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RuntimeError::Io { .. } => "R001",
+            RuntimeError::ConfigParse { .. } => "R002",
+            RuntimeError::ConfigInvalid { .. } => "R003",
+            RuntimeError::UnsupportedModel { .. } => "R004",
+            RuntimeError::UnsafeWeightsFormat { .. } => "R005",
+            RuntimeError::CorruptWeights { .. } => "R006",
+            RuntimeError::MissingTensor { .. } => "R007",
+            RuntimeError::TensorShape { .. } => "R008",
+            RuntimeError::TensorDtype { .. } => "R009",
+            RuntimeError::InputShape { .. } => "R010",
+            RuntimeError::Tokenizer { .. } => "R011",
+            RuntimeError::Checksum { .. } => "R012",
+            RuntimeError::ModelNotFound { .. } => "R013",
+        }
+    }
+
+    /// What the user can do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            RuntimeError::Io { .. } => {
+                "check that the path exists and is readable by this user".into()
+            }
+            RuntimeError::ConfigParse { .. } => {
+                "config.json should be the Hugging Face config saved with the model".into()
+            }
+            RuntimeError::ConfigInvalid { .. } => {
+                "the config does not describe a model ftl can build; was it edited by hand?".into()
+            }
+            RuntimeError::UnsupportedModel { .. } => {
+                "ftl runs model_type \"bert\" and \"mpnet\" encoders".into()
+            }
+            RuntimeError::UnsafeWeightsFormat { .. } => {
+                "loading a pickle runs arbitrary code, and \
+                 pipelines are shared; convert it once, where you trust it, with \
+                 `safetensors.torch.save_file(torch.load(path), \"model.safetensors\")`"
+                    .into()
+            }
+            RuntimeError::CorruptWeights { .. } => {
+                "the file is damaged or was cut short; fetch the model again".into()
+            }
+            RuntimeError::MissingTensor { .. } => "the weights do not belong to this config, or \
+                 carry a prefix (`bert.`, `mpnet.`) from a task model; save the base model"
+                .into(),
+            RuntimeError::TensorShape { .. } => {
+                "config.json and model.safetensors come from different models".into()
+            }
+            RuntimeError::TensorDtype { .. } => {
+                "ftl loads F32 weights; re-save them as float32".into()
+            }
+            RuntimeError::InputShape { .. } => {
+                "ids and attention mask must both be [batch, seq], seq within the model's positions"
+                    .into()
+            }
+            RuntimeError::Tokenizer { .. } => {
+                "tokenizer.json should be the fast-tokenizer file saved with the model".into()
+            }
+            RuntimeError::Checksum { .. } => {
+                "the file differs from the one pinned; delete it and fetch again".into()
+            }
+            RuntimeError::ModelNotFound { .. } => "give a local folder holding config.json, \
+                 tokenizer.json and model.safetensors, or set FTL_HOME to a cache holding it"
+                .into(),
+        }
+    }
+}
+
+impl fmt::Display for RuntimeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuntimeError::Io {
+                path,
+                action,
+                message,
+            } => {
+                write!(f, "cannot {action} {}: {message}", path.display())
+            }
+            RuntimeError::ConfigParse { path, message } => {
+                write!(f, "cannot parse {}: {message}", path.display())
+            }
+            RuntimeError::ConfigInvalid {
+                path,
+                field,
+                reason,
+            } => {
+                write!(f, "{}: field `{field}`: {reason}", path.display())
+            }
+            RuntimeError::UnsupportedModel { path, model_type } => {
+                write!(
+                    f,
+                    "{}: model_type \"{model_type}\" is not supported",
+                    path.display()
+                )
+            }
+            RuntimeError::UnsafeWeightsFormat { path } => write!(
+                f,
+                "{}: refusing to load pickled PyTorch weights; ftl loads only .safetensors",
+                path.display()
+            ),
+            RuntimeError::CorruptWeights { path, message } => {
+                write!(
+                    f,
+                    "{}: not a valid safetensors file: {message}",
+                    path.display()
+                )
+            }
+            RuntimeError::MissingTensor { path, tensor } => {
+                write!(f, "{}: tensor `{tensor}` is missing", path.display())
+            }
+            RuntimeError::TensorShape {
+                path,
+                tensor,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{}: tensor `{tensor}` has shape {found:?}, the config implies {expected:?}",
+                path.display()
+            ),
+            RuntimeError::TensorDtype {
+                path,
+                tensor,
+                found,
+            } => write!(
+                f,
+                "{}: tensor `{tensor}` is stored as {found}, expected F32",
+                path.display()
+            ),
+            RuntimeError::InputShape { message } => write!(f, "model input: {message}"),
+            RuntimeError::Tokenizer { path, message } => {
+                write!(f, "{}: {message}", path.display())
+            }
+            RuntimeError::Checksum {
+                path,
+                expected,
+                found,
+            } => write!(
+                f,
+                "{}: sha256 is {found}, expected {expected}",
+                path.display()
+            ),
+            RuntimeError::ModelNotFound { model, attempts } => {
+                write!(f, "model `{model}` not found; looked in:")?;
+                for attempt in attempts {
+                    write!(f, "\n  - {attempt}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for RuntimeError {}

@@ -1,0 +1,96 @@
+//! Multi-head self-attention with its output projection and residual LayerNorm.
+//!
+//! Mirrors `BertSelfAttention` + `BertSelfOutput` in
+//! <https://github.com/huggingface/transformers/blob/v4.46.3/src/transformers/models/bert/modeling_bert.py>
+//! and `MPNetSelfAttention` + `MPNetAttention` in
+//! <https://github.com/huggingface/transformers/blob/v4.46.3/src/transformers/models/mpnet/modeling_mpnet.py>.
+//! The two differ only in what the additive bias holds: BERT passes the padding
+//! mask, MPNet the padding mask plus its relative-position bias.
+
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+
+/// Configuration of [`SelfAttention`].
+#[derive(Config, Debug)]
+pub struct SelfAttentionConfig {
+    /// Width of the hidden states (`d_model`).
+    pub hidden_size: usize,
+    /// Number of heads; divides `hidden_size`.
+    pub num_heads: usize,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Dropout on attention probabilities during training.
+    #[config(default = 0.1)]
+    pub attention_dropout: f64,
+    /// Dropout on the projected output during training.
+    #[config(default = 0.1)]
+    pub hidden_dropout: f64,
+}
+
+/// Self-attention block: `LayerNorm(x + O · softmax(QKᵀ/√d + bias) · V)`.
+#[derive(Module, Debug)]
+pub struct SelfAttention<B: Backend> {
+    /// Query projection.
+    pub query: Linear<B>,
+    /// Key projection.
+    pub key: Linear<B>,
+    /// Value projection.
+    pub value: Linear<B>,
+    /// Output projection.
+    pub output: Linear<B>,
+    /// LayerNorm after the residual sum.
+    pub layer_norm: LayerNorm<B>,
+    attention_dropout: Dropout,
+    hidden_dropout: Dropout,
+    num_heads: usize,
+}
+
+impl SelfAttentionConfig {
+    /// Builds the block with freshly initialised weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> SelfAttention<B> {
+        let projection = || LinearConfig::new(self.hidden_size, self.hidden_size).init(device);
+        SelfAttention {
+            query: projection(),
+            key: projection(),
+            value: projection(),
+            output: projection(),
+            layer_norm: LayerNormConfig::new(self.hidden_size)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device),
+            attention_dropout: DropoutConfig::new(self.attention_dropout).init(),
+            hidden_dropout: DropoutConfig::new(self.hidden_dropout).init(),
+            num_heads: self.num_heads,
+        }
+    }
+}
+
+impl<B: Backend> SelfAttention<B> {
+    /// hidden: `[batch, seq, d_model]`; bias: additive scores, broadcastable to
+    /// `[batch, heads, seq, seq]` (a padding mask is `[batch, 1, 1, seq]`)
+    /// → `[batch, seq, d_model]`.
+    pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [batch, seq, d_model] = hidden.dims();
+        let head_dim = d_model / self.num_heads;
+        let heads = |x: Tensor<B, 3>| {
+            x.reshape([batch, seq, self.num_heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let query = heads(self.query.forward(hidden.clone()));
+        let key = heads(self.key.forward(hidden.clone()));
+        let value = heads(self.value.forward(hidden.clone()));
+
+        let scores = query
+            .matmul(key.swap_dims(2, 3))
+            .div_scalar((head_dim as f64).sqrt())
+            + bias;
+        let probs = self.attention_dropout.forward(softmax(scores, 3));
+        let context = probs
+            .matmul(value)
+            .swap_dims(1, 2)
+            .reshape([batch, seq, d_model]);
+
+        let projected = self.hidden_dropout.forward(self.output.forward(context));
+        self.layer_norm.forward(projected + hidden)
+    }
+}

@@ -1,0 +1,59 @@
+//! Position-wise feed-forward block: dense, GELU, dense, residual LayerNorm.
+//!
+//! Mirrors `BertIntermediate` + `BertOutput` in
+//! <https://github.com/huggingface/transformers/blob/v4.46.3/src/transformers/models/bert/modeling_bert.py>
+//! (`MPNetIntermediate` + `MPNetOutput` are the same). GELU is the exact erf form,
+//! as `hidden_act: "gelu"` selects upstream.
+
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::prelude::*;
+use burn::tensor::activation::gelu;
+
+/// Configuration of [`FeedForward`].
+#[derive(Config, Debug)]
+pub struct FeedForwardConfig {
+    /// Width of the hidden states (`d_model`).
+    pub hidden_size: usize,
+    /// Width of the inner layer.
+    pub intermediate_size: usize,
+    /// LayerNorm epsilon.
+    pub layer_norm_eps: f64,
+    /// Dropout on the output during training.
+    #[config(default = 0.1)]
+    pub dropout: f64,
+}
+
+/// Feed-forward block: `LayerNorm(x + W₂ · gelu(W₁ · x))`.
+#[derive(Module, Debug)]
+pub struct FeedForward<B: Backend> {
+    /// `d_model → intermediate` projection.
+    pub intermediate: Linear<B>,
+    /// `intermediate → d_model` projection.
+    pub output: Linear<B>,
+    /// LayerNorm after the residual sum.
+    pub layer_norm: LayerNorm<B>,
+    dropout: Dropout,
+}
+
+impl FeedForwardConfig {
+    /// Builds the block with freshly initialised weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> FeedForward<B> {
+        FeedForward {
+            intermediate: LinearConfig::new(self.hidden_size, self.intermediate_size).init(device),
+            output: LinearConfig::new(self.intermediate_size, self.hidden_size).init(device),
+            layer_norm: LayerNormConfig::new(self.hidden_size)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+        }
+    }
+}
+
+impl<B: Backend> FeedForward<B> {
+    /// hidden: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
+    pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let inner = gelu(self.intermediate.forward(hidden.clone()));
+        let out = self.dropout.forward(self.output.forward(inner));
+        self.layer_norm.forward(out + hidden)
+    }
+}

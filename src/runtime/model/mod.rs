@@ -1,0 +1,27 @@
+//! Encoder models: BERT and MPNet, one file per layer, plus pooling and a
+//! classification head.
+//!
+//! | file | what |
+//! | --- | --- |
+//! | `config.rs` | [`EncoderConfig`] read from `config.json` |
+//! | `embeddings.rs` | word + position (+ token type) embeddings |
+//! | `attention.rs` | multi-head self-attention block |
+//! | `feed_forward.rs` | GELU feed-forward block |
+//! | `layer.rs` | one encoder layer |
+//! | `encoder.rs` | the stack, and MPNet's relative-position bias |
+//! | `head.rs` | pooling and [`ClassificationHead`] |
+//! | `loader.rs` | safetensors → [`Encoder`], with the upstream key table |
+
+pub mod attention;
+pub mod config;
+pub mod embeddings;
+pub mod encoder;
+pub mod feed_forward;
+pub mod head;
+pub mod layer;
+pub mod loader;
+
+pub use config::{Architecture, EncoderConfig};
+pub use encoder::Encoder;
+pub use head::{ClassificationHead, ClassificationHeadConfig, Pooling, cls_pool, mean_pool};
+pub use loader::{LoadReport, load_encoder, load_model_dir};
