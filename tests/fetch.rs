@@ -158,6 +158,7 @@ fn offline(tmp: &Path) -> FetchOptions {
         hf_home: Some(tmp.join("hf")),
         python: "python3".into(),
         allow_download: false,
+        show_progress: false,
     }
 }
 

