@@ -87,7 +87,7 @@ fn pooled<B: Backend>(
     config: &EncoderConfig,
     device: &B::Device,
     batches: usize,
-) -> (Vec<f32>, f64, f64) {
+) -> (Vec<f32>, f64, f64, f64) {
     let started = Instant::now();
     let (encoder, _) = load_encoder::<B>(path, config, device).expect("loads");
     let load = started.elapsed().as_secs_f64();
@@ -103,13 +103,15 @@ fn pooled<B: Backend>(
             .to_vec::<f32>()
             .expect("f32")
     };
+    let started = Instant::now();
     let first = run();
+    let first_batch = started.elapsed().as_secs_f64();
     let started = Instant::now();
     for _ in 0..batches {
         run();
     }
     let rate = (batches * BATCH) as f64 / started.elapsed().as_secs_f64();
-    (first, load, rate)
+    (first, load, first_batch, rate)
 }
 
 fn main() {
@@ -123,8 +125,11 @@ fn main() {
         let config = EncoderConfig::from_json(json, Path::new("config.json")).expect("valid");
         let path = dir.join(format!("{name}.safetensors"));
         write_random_weights(&path, &config);
-        let (cpu, cpu_load, cpu_rate) = pooled::<Cpu>(&path, &config, &cpu_device(), batches);
-        println!("{name}: cpu load {cpu_load:.2} s, {cpu_rate:.1} sentences/s");
+        let (cpu, cpu_load, cpu_first, cpu_rate) =
+            pooled::<Cpu>(&path, &config, &cpu_device(), batches);
+        println!(
+            "{name}: cpu load {cpu_load:.2} s, first batch {cpu_first:.2} s, {cpu_rate:.1} sentences/s"
+        );
         #[cfg(feature = "cuda")]
         {
             use ftl::runtime::backend::{Gpu, cuda_available};
@@ -137,14 +142,14 @@ fn main() {
                 pooled::<Gpu>(&path, &config, &device, batches * 20)
             });
             match gpu {
-                Ok((gpu, load, rate)) => {
+                Ok((gpu, load, first_batch, rate)) => {
                     let diff = cpu
                         .iter()
                         .zip(&gpu)
                         .map(|(a, b)| (a - b).abs())
                         .fold(0.0f32, f32::max);
                     println!(
-                        "{name}: cuda load {load:.2} s, {rate:.1} sentences/s, max |cpu - cuda| pooled {diff:e}"
+                        "{name}: cuda load {load:.2} s, first batch {first_batch:.2} s, {rate:.1} sentences/s, max |cpu - cuda| pooled {diff:e}"
                     );
                 }
                 Err(_) => println!("{name}: no usable CUDA device; CPU only"),
