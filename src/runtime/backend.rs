@@ -4,6 +4,8 @@
 //! burn's CUDA backend; the CUDA driver is loaded at run time, so a binary built
 //! with it still runs on a machine without a GPU as long as it uses [`Cpu`].
 
+use crate::runtime::error::{RuntimeError, RuntimeResult};
+
 /// The portable CPU backend, f32 weights, i32 indices.
 pub type Cpu = burn::backend::Flex;
 
@@ -29,4 +31,110 @@ pub fn cuda_available() -> bool {
 #[cfg(not(feature = "cuda"))]
 pub fn cuda_available() -> bool {
     false
+}
+
+/// Where a run computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The CPU backend.
+    Cpu,
+    /// The CUDA backend on this GPU ordinal.
+    Cuda(u32),
+}
+
+/// Number of CUDA devices, or why there are none usable.
+pub fn cuda_devices() -> Result<u32, String> {
+    if !cuda_available() {
+        return Err(if cfg!(feature = "cuda") {
+            "no CUDA driver was found on this machine".into()
+        } else {
+            "this ftl was built without CUDA (the `cuda` feature)".into()
+        });
+    }
+    #[cfg(feature = "cuda")]
+    {
+        cudarc::driver::CudaContext::device_count()
+            .map(|n| n.max(0) as u32)
+            .map_err(|e| format!("the CUDA driver reports an error: {e:?}"))
+    }
+    #[cfg(not(feature = "cuda"))]
+    Err("this ftl was built without CUDA".into())
+}
+
+/// The target a plan's `device` section selects on this machine, with a
+/// one-line notice when `auto` falls back to the CPU. `devices` is what
+/// [`cuda_devices`] reports (passed in so the choice is testable).
+pub fn select(
+    device: &crate::config::Device,
+    devices: Result<u32, String>,
+) -> RuntimeResult<(Target, Option<String>)> {
+    use crate::config::Backend;
+    let ordinal = device.gpus.first().copied().unwrap_or(0);
+    let usable = match devices {
+        Ok(n) if ordinal < n => Ok(()),
+        Ok(0) => Err("this machine has no CUDA device".to_string()),
+        Ok(n) => Err(format!("this machine has {n} (numbered 0 to {})", n - 1)),
+        Err(why) => Err(why),
+    };
+    match (device.backend, usable) {
+        (Backend::Cpu, _) => Ok((Target::Cpu, None)),
+        (Backend::Cuda | Backend::Auto, Ok(())) => Ok((Target::Cuda(ordinal), None)),
+        (Backend::Auto, Err(why)) => Ok((Target::Cpu, Some(format!("running on the CPU: {why}")))),
+        (Backend::Cuda, Err(reason)) => Err(RuntimeError::NoCudaDevice { ordinal, reason }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Backend, Device};
+
+    fn device(backend: Backend, gpu: u32) -> Device {
+        Device {
+            backend,
+            gpus: vec![gpu],
+        }
+    }
+
+    #[test]
+    fn auto_uses_the_gpu_when_there_is_one_and_says_so_when_it_falls_back() {
+        assert_eq!(
+            select(&device(Backend::Auto, 0), Ok(1)).expect("ok"),
+            (Target::Cuda(0), None)
+        );
+        let (target, notice) = select(
+            &device(Backend::Auto, 0),
+            Err("no CUDA driver was found on this machine".into()),
+        )
+        .expect("ok");
+        assert_eq!(target, Target::Cpu);
+        assert_eq!(
+            notice.as_deref(),
+            Some("running on the CPU: no CUDA driver was found on this machine")
+        );
+    }
+
+    #[test]
+    fn forced_choices_are_kept_or_refused() {
+        assert_eq!(
+            select(&device(Backend::Cpu, 0), Ok(8)).expect("ok"),
+            (Target::Cpu, None)
+        );
+        assert_eq!(
+            select(&device(Backend::Cuda, 1), Ok(2)).expect("ok"),
+            (Target::Cuda(1), None)
+        );
+        let err = select(&device(Backend::Cuda, 2), Ok(2)).expect_err("no GPU 2");
+        assert_eq!(
+            err.to_string(),
+            "the plan asks for CUDA device 2, but this machine has 2 (numbered 0 to 1)"
+        );
+        assert!(err.hint().contains("device.backend = auto"));
+    }
+
+    #[test]
+    fn this_machine_answers_without_panicking() {
+        // On a machine without a driver this must be an error, never a panic.
+        let _ = cuda_devices();
+    }
 }

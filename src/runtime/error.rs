@@ -106,6 +106,13 @@ pub enum RuntimeError {
         /// The digest found, hex.
         found: String,
     },
+    /// The plan asks for a CUDA device this machine does not have.
+    NoCudaDevice {
+        /// The GPU ordinal asked for.
+        ordinal: u32,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// A model could not be found anywhere ftl looks; each place and its outcome is listed.
     ModelNotFound {
         /// The model asked for.
@@ -141,6 +148,7 @@ impl RuntimeError {
             RuntimeError::Tokenizer { .. } => "R011",
             RuntimeError::Checksum { .. } => "R012",
             RuntimeError::ModelNotFound { .. } => "R013",
+            RuntimeError::NoCudaDevice { .. } => "R014",
         }
     }
 
@@ -186,6 +194,9 @@ impl RuntimeError {
             }
             RuntimeError::Checksum { .. } => {
                 "the file differs from the one pinned; delete it and fetch again".into()
+            }
+            RuntimeError::NoCudaDevice { .. } => {
+                "set `device.backend = auto` to fall back to the CPU, or `cpu`; list the GPUs this machine has with `nvidia-smi`".into()
             }
             RuntimeError::ModelNotFound { .. } => "give a local folder holding config.json, \
                  tokenizer.json and model.safetensors, or set FTL_HOME to a cache holding it"
@@ -268,6 +279,9 @@ impl fmt::Display for RuntimeError {
                 "{}: sha256 is {found}, expected {expected}",
                 path.display()
             ),
+            RuntimeError::NoCudaDevice { ordinal, reason } => {
+                write!(f, "the plan asks for CUDA device {ordinal}, but {reason}")
+            }
             RuntimeError::ModelNotFound { model, attempts } => {
                 write!(f, "model `{model}` not found; looked in:")?;
                 for attempt in attempts {
