@@ -11,6 +11,7 @@
 //! | `encoder.rs` | the stack, and MPNet's relative-position bias |
 //! | `head.rs` | pooling and [`ClassificationHead`] |
 //! | `loader.rs` | safetensors → [`Encoder`], with the upstream key table |
+//! | `lora.rs` | [`lora::LoraLinear`]: a frozen linear layer plus a low-rank adapter |
 
 pub mod attention;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod feed_forward;
 pub mod head;
 pub mod layer;
 pub mod loader;
+pub mod lora;
 
 pub use config::{Architecture, EncoderConfig};
 pub use encoder::Encoder;
