@@ -107,7 +107,4 @@ pub fn cross_field(cx: &mut Cx, record: &Record, config: &RunConfig) {
             .hint(format!("set `dataset.max_tokens` to {max} or less")),
         );
     }
-    if let (Some(_), Length::Steps(_)) = (config.budget.time, config.train.length) {
-        // Time budgets hold for any length; nothing to relate here.
-    }
 }
