@@ -37,14 +37,20 @@ pub struct Parameters {
 /// Counts parameters of the encoder, the adapters and the head.
 pub fn parameters(config: &RunConfig) -> Parameters {
     let d = &config.model.base.dims;
-    let (h, i, l, v, p) = (
+    let (h, i, l, v) = (
         d.hidden as u64,
         d.intermediate as u64,
         d.layers as u64,
         d.vocab as u64,
-        d.max_positions as u64 + 2,
     );
-    let embeddings = (v + p + 2) * h + 2 * h;
+    // BERT: a position table of max_positions rows and 2 token types. MPNet:
+    // positions start after the pad id (2 more rows), no token types, and a
+    // relative-position bias of 32 buckets per head.
+    let (positions, token_types, relative) = match config.model.base.architecture {
+        crate::config::Architecture::Bert => (d.max_positions as u64, 2, 0),
+        crate::config::Architecture::Mpnet => (d.max_positions as u64 + 2, 0, 32 * d.heads as u64),
+    };
+    let embeddings = (v + positions + token_types) * h + 2 * h + relative;
     let per_layer = 4 * (h * h + h) + (h * i + i) + (i * h + h) + 4 * h;
     let base = embeddings + l * per_layer;
     let labels = config.model.labels.len() as u64;

@@ -8,6 +8,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod run;
+
 #[derive(Parser)]
 #[command(
     name = "ftl",
@@ -57,6 +59,61 @@ enum Command {
         #[arg(long, short)]
         verbose: bool,
     },
+    /// Train every run of a pipeline and write its run directory.
+    Run {
+        /// The `.ft` file, or with `--resume` an interrupted run's directory.
+        file: PathBuf,
+        /// Root of run directories (default: the pipeline's `output.dir`).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Continue interrupted runs from their last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print each finished run's summary as one JSON line on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Say where the model was looked for.
+        #[arg(long, short)]
+        verbose: bool,
+        /// The project folder paths must stay inside (default: the file's folder).
+        #[arg(long)]
+        root: Option<PathBuf>,
+    },
+    /// Accuracy and macro-F1 of a finished run on a labeled file.
+    Eval {
+        /// The run directory (`runs/PIPELINE/RUN`).
+        run: PathBuf,
+        /// A labeled file with the run's text and label columns.
+        #[arg(long)]
+        data: PathBuf,
+        /// Print `{"accuracy": …, "macro_f1": …}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Label texts with a finished run's model.
+    Predict {
+        /// The run directory.
+        run: PathBuf,
+        /// Texts to label.
+        texts: Vec<String>,
+        /// A file with one text per line.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Print one JSON object per text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fold a run's adapters into its base and write a Hugging Face model.
+    Merge {
+        /// The run directory.
+        run: PathBuf,
+        /// Where to write it (default: RUN/merged).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Format files in place (or check that they are formatted).
     Fmt {
         /// The `.ft` files.
@@ -71,6 +128,32 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let ok = match cli.command {
+        Command::Run {
+            file,
+            output,
+            resume,
+            quiet,
+            json,
+            verbose,
+            root,
+        } => {
+            let options = run::Options {
+                output,
+                resume,
+                quiet,
+                json,
+                verbose,
+            };
+            return run::run(&file, root.as_deref(), &options);
+        }
+        Command::Eval { run, data, json } => run::eval(&run, &data, json),
+        Command::Predict {
+            run,
+            texts,
+            file,
+            json,
+        } => run::predict(&run, texts, file.as_deref(), json),
+        Command::Merge { run, output } => run::merge(&run, output.as_deref()),
         Command::Check { files, root } => files
             .iter()
             .map(|f| check_file(f, root.as_deref()))
@@ -99,7 +182,10 @@ fn report(diags: &[Diagnostic], sources: &Sources) {
 }
 
 /// Splits a path into (project root, entry path inside it, display prefix).
-fn project_of(file: &Path, root: Option<&Path>) -> Result<(PathBuf, String, String), String> {
+pub(crate) fn project_of(
+    file: &Path,
+    root: Option<&Path>,
+) -> Result<(PathBuf, String, String), String> {
     let dir = file
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -134,7 +220,7 @@ fn project_of(file: &Path, root: Option<&Path>) -> Result<(PathBuf, String, Stri
     Ok((root, entry, prefix))
 }
 
-fn load_plan(file: &Path, root: Option<&Path>) -> Option<ftl::plan::Plan> {
+pub(crate) fn load_plan(file: &Path, root: Option<&Path>) -> Option<ftl::plan::Plan> {
     let (root, entry, prefix) = match project_of(file, root) {
         Ok(p) => p,
         Err(e) => {

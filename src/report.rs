@@ -103,6 +103,9 @@ pub struct Summary {
     pub sha256: BTreeMap<String, String>,
     /// Rows skipped under `bad_rows = skip`.
     pub skipped_rows: u64,
+    /// Things the reader should know: an early stop at the time budget, a resume.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl Summary {
@@ -261,6 +264,9 @@ pub fn run_report(summary: &Summary) -> String {
     );
     if summary.skipped_rows > 0 {
         let _ = writeln!(md, "- skipped rows: {}", summary.skipped_rows);
+    }
+    for note in &summary.notes {
+        let _ = writeln!(md, "- {note}");
     }
     md
 }

@@ -137,6 +137,20 @@ impl RunDir {
         io(&self.work, writeln!(self.metrics, "{line}"))
     }
 
+    /// Drops the steps logged after `step` (they run again after a resume).
+    pub fn truncate_steps(&mut self, step: u64) -> Result<(), RunDirError> {
+        let path = self.work.join("metrics.jsonl");
+        let kept: String = self
+            .steps()
+            .iter()
+            .filter(|s| s.step <= step)
+            .map(|s| serde_json::to_string(s).expect("metrics serialize") + "\n")
+            .collect();
+        write_atomic(&path, kept.as_bytes())?;
+        self.metrics = io(&path, std::fs::OpenOptions::new().append(true).open(&path))?;
+        Ok(())
+    }
+
     /// Every step logged so far (after a resume, those of the earlier part too).
     pub fn steps(&self) -> Vec<StepMetrics> {
         std::fs::read_to_string(self.work.join("metrics.jsonl"))

@@ -37,8 +37,7 @@ fn loads_every_tensor_and_transposes_linear_weights() {
         let weight: Vec<f32> = encoder.layers[1]
             .attention
             .query
-            .weight
-            .val()
+            .base_weight()
             .into_data()
             .to_vec()
             .unwrap();

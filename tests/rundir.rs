@@ -43,6 +43,7 @@ fn summary(run: &ftl::plan::Run) -> Summary {
         versions: Default::default(),
         sha256: Default::default(),
         skipped_rows: 0,
+        notes: vec![],
     }
 }
 

@@ -120,6 +120,38 @@ pub enum RuntimeError {
         /// Each place looked, with what happened there.
         attempts: Vec<String>,
     },
+    /// A LoRA target names no linear layer of the model: `dense`.
+    UnknownTarget {
+        /// The target asked for.
+        target: String,
+    },
+    /// The data could not be read: a missing file, a bad row, a checksum.
+    Data {
+        /// The data layer's message (it names file and line).
+        message: String,
+    },
+    /// The run directory cannot be used (finished, taken, interrupted).
+    RunDir {
+        /// What is wrong, with its hint.
+        message: String,
+    },
+    /// Ctrl-C stopped training; a checkpoint was saved.
+    Interrupted {
+        /// The run's working directory, to resume.
+        dir: PathBuf,
+    },
+    /// A checkpoint or saved run cannot be used.
+    BadRun {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The loss became NaN or infinite.
+    NonFinite {
+        /// The optimizer step.
+        step: u64,
+    },
 }
 
 impl RuntimeError {
@@ -149,6 +181,12 @@ impl RuntimeError {
             RuntimeError::Checksum { .. } => "R012",
             RuntimeError::ModelNotFound { .. } => "R013",
             RuntimeError::NoCudaDevice { .. } => "R014",
+            RuntimeError::UnknownTarget { .. } => "R015",
+            RuntimeError::Data { .. } => "R016",
+            RuntimeError::RunDir { .. } => "R017",
+            RuntimeError::Interrupted { .. } => "R018",
+            RuntimeError::BadRun { .. } => "R019",
+            RuntimeError::NonFinite { .. } => "R020",
         }
     }
 
@@ -201,6 +239,22 @@ impl RuntimeError {
             RuntimeError::ModelNotFound { .. } => "give a local folder holding config.json, \
                  tokenizer.json and model.safetensors, or set FTL_HOME to a cache holding it"
                 .into(),
+            RuntimeError::UnknownTarget { .. } => {
+                "LoRA targets are the model's linear layers, as its `modules` list names them".into()
+            }
+            RuntimeError::Data { .. } | RuntimeError::RunDir { .. } => {
+                "see the message above".into()
+            }
+            RuntimeError::Interrupted { dir } => format!(
+                "continue where it stopped with `ftl run --resume {}`",
+                dir.display()
+            ),
+            RuntimeError::BadRun { .. } => {
+                "give the folder of a finished run (runs/PIPELINE/RUN) written by `ftl run`".into()
+            }
+            RuntimeError::NonFinite { .. } => {
+                "lower `train.lr`, set `train.clip_grad_norm`, or use fp32 precision".into()
+            }
         }
     }
 }
@@ -288,6 +342,24 @@ impl fmt::Display for RuntimeError {
                     write!(f, "\n  - {attempt}")?;
                 }
                 Ok(())
+            }
+            RuntimeError::UnknownTarget { target } => {
+                write!(
+                    f,
+                    "LoRA target `{target}` is not a linear layer of this model"
+                )
+            }
+            RuntimeError::Data { message } | RuntimeError::RunDir { message } => {
+                write!(f, "{message}")
+            }
+            RuntimeError::Interrupted { dir } => {
+                write!(f, "interrupted; checkpoint saved in {}", dir.display())
+            }
+            RuntimeError::BadRun { path, message } => {
+                write!(f, "{}: {message}", path.display())
+            }
+            RuntimeError::NonFinite { step } => {
+                write!(f, "the loss is not finite at step {step}; training stopped")
             }
         }
     }

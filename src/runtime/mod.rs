@@ -10,3 +10,4 @@ pub mod error;
 pub mod fetch;
 pub mod model;
 pub mod tokenize;
+pub mod train;

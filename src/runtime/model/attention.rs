@@ -7,9 +7,11 @@
 //! The two differ only in what the additive bias holds: BERT passes the padding
 //! mask, MPNet the padding mask plus its relative-position bias.
 
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
+
+use crate::runtime::model::projection::Projection;
 
 /// Configuration of [`SelfAttention`].
 #[derive(Config, Debug)]
@@ -32,13 +34,13 @@ pub struct SelfAttentionConfig {
 #[derive(Module, Debug)]
 pub struct SelfAttention<B: Backend> {
     /// Query projection.
-    pub query: Linear<B>,
+    pub query: Projection<B>,
     /// Key projection.
-    pub key: Linear<B>,
+    pub key: Projection<B>,
     /// Value projection.
-    pub value: Linear<B>,
+    pub value: Projection<B>,
     /// Output projection.
-    pub output: Linear<B>,
+    pub output: Projection<B>,
     /// LayerNorm after the residual sum.
     pub layer_norm: LayerNorm<B>,
     attention_dropout: Dropout,
@@ -49,7 +51,7 @@ pub struct SelfAttention<B: Backend> {
 impl SelfAttentionConfig {
     /// Builds the block with freshly initialised weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> SelfAttention<B> {
-        let projection = || LinearConfig::new(self.hidden_size, self.hidden_size).init(device);
+        let projection = || Projection::random(self.hidden_size, self.hidden_size, device);
         SelfAttention {
             query: projection(),
             key: projection(),

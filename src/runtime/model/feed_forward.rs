@@ -5,9 +5,11 @@
 //! (`MPNetIntermediate` + `MPNetOutput` are the same). GELU is the exact erf form,
 //! as `hidden_act: "gelu"` selects upstream.
 
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
+
+use crate::runtime::model::projection::Projection;
 
 /// Configuration of [`FeedForward`].
 #[derive(Config, Debug)]
@@ -27,9 +29,9 @@ pub struct FeedForwardConfig {
 #[derive(Module, Debug)]
 pub struct FeedForward<B: Backend> {
     /// `d_model → intermediate` projection.
-    pub intermediate: Linear<B>,
+    pub intermediate: Projection<B>,
     /// `intermediate → d_model` projection.
-    pub output: Linear<B>,
+    pub output: Projection<B>,
     /// LayerNorm after the residual sum.
     pub layer_norm: LayerNorm<B>,
     dropout: Dropout,
@@ -39,8 +41,8 @@ impl FeedForwardConfig {
     /// Builds the block with freshly initialised weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> FeedForward<B> {
         FeedForward {
-            intermediate: LinearConfig::new(self.hidden_size, self.intermediate_size).init(device),
-            output: LinearConfig::new(self.intermediate_size, self.hidden_size).init(device),
+            intermediate: Projection::random(self.hidden_size, self.intermediate_size, device),
+            output: Projection::random(self.intermediate_size, self.hidden_size, device),
             layer_norm: LayerNormConfig::new(self.hidden_size)
                 .with_epsilon(self.layer_norm_eps)
                 .init(device),

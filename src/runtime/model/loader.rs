@@ -14,13 +14,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::{Embedding, LayerNorm, Linear};
+use burn::nn::{Embedding, LayerNorm};
 use burn::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::runtime::error::{RuntimeError, RuntimeResult};
 use crate::runtime::model::config::{Architecture, EncoderConfig};
 use crate::runtime::model::encoder::Encoder;
+use crate::runtime::model::projection::Projection;
 
 /// A size taken from the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,8 +378,8 @@ impl<B: Backend> Weights<'_, B> {
         Ok(Param::from_tensor(Tensor::from_data(data, &self.device)))
     }
 
-    fn linear(&mut self, linear: &mut Linear<B>, prefix: &str) -> RuntimeResult<()> {
-        linear.weight = self.take(&format!("{prefix}.weight"))?;
+    fn linear(&mut self, linear: &mut Projection<B>, prefix: &str) -> RuntimeResult<()> {
+        linear.weight = Some(self.take(&format!("{prefix}.weight"))?);
         linear.bias = Some(self.take(&format!("{prefix}.bias"))?);
         Ok(())
     }

@@ -11,9 +11,11 @@
 //! | `encoder.rs` | the stack, and MPNet's relative-position bias |
 //! | `head.rs` | pooling and [`ClassificationHead`] |
 //! | `loader.rs` | safetensors → [`Encoder`], with the upstream key table |
-//! | `lora.rs` | [`lora::LoraLinear`]: a frozen linear layer plus a low-rank adapter |
+//! | `projection.rs` | [`Projection`]: a linear layer, dense or packed in 4/8 bits, with an optional LoRA adapter |
+//! | `classifier.rs` | [`Classifier`]: encoder + head, and how a method prepares it for training |
 
 pub mod attention;
+pub mod classifier;
 pub mod config;
 pub mod embeddings;
 pub mod encoder;
@@ -21,9 +23,11 @@ pub mod feed_forward;
 pub mod head;
 pub mod layer;
 pub mod loader;
-pub mod lora;
+pub mod projection;
 
+pub use classifier::Classifier;
 pub use config::{Architecture, EncoderConfig};
 pub use encoder::Encoder;
 pub use head::{ClassificationHead, ClassificationHeadConfig, Pooling, cls_pool, mean_pool};
 pub use loader::{LoadReport, load_encoder, load_model_dir};
+pub use projection::{Adapter, AdapterConfig, Packed, Projection};

@@ -1,0 +1,464 @@
+//! The encoder's linear layers: a base weight, dense or packed in 4/8 bits,
+//! plus an optional LoRA adapter.
+//!
+//! `y = x·W + b + (α/r)·dropout(x)·A·B`
+//!
+//! - **dense** base: `W` is an f32 `[d_in, d_out]` parameter (burn's layout,
+//!   the transpose of PyTorch's).
+//! - **packed** base (QLoRA): `W` lives on the device as 4-bit (NF4, int4) or
+//!   8-bit codes, eight or four to an `i32` word, with one scale per block;
+//!   it is dequantized on the fly in `forward` and never receives gradients.
+//!   The codes come from [`crate::quant`], the host reference.
+//! - **adapter**: `A` (`[d_in, r]`) and `B` (`[r, d_out]`). The product `A·B`
+//!   is never formed: the update is two thin matmuls, so neither a dense
+//!   `d_in × d_out` delta nor its weight-sized gradient exists. `A` starts
+//!   uniform in ±1/√d_in (PEFT's `kaiming_uniform_(a = √5)`) and `B` at zero, so
+//!   a fresh adapter leaves the output unchanged, as in the LoRA paper and
+//!   PEFT (`LoraLayer.reset_lora_parameters`). burn's `A` is the transpose of
+//!   PEFT's `lora_A.weight` (`[r, d_in]`), `B` of `lora_B.weight`.
+
+use burn::module::Param;
+use burn::nn::{Dropout, DropoutConfig};
+use burn::prelude::*;
+
+use crate::config::QuantFormat;
+use crate::quant::{self, NF4, Scales};
+
+/// A linear layer of the encoder.
+#[derive(Module, Debug)]
+pub struct Projection<B: Backend> {
+    /// Dense base weight `[d_in, d_out]`; absent when the base is packed.
+    pub weight: Option<Param<Tensor<B, 2>>>,
+    /// Quantized base weight; absent when the base is dense.
+    pub packed: Option<Packed<B>>,
+    /// Bias `[d_out]`.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    /// LoRA adapter, when the layer is adapted.
+    pub adapter: Option<Adapter<B>>,
+}
+
+/// Settings of a LoRA adapter.
+#[derive(Config, Debug)]
+pub struct AdapterConfig {
+    /// Rank r.
+    pub rank: usize,
+    /// Scale numerator α: updates are scaled by α / r.
+    pub alpha: f64,
+    /// Dropout on the adapter's input during training.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+}
+
+/// A low-rank update `(α/r)·dropout(x)·A·B`.
+#[derive(Module, Debug)]
+pub struct Adapter<B: Backend> {
+    /// Down projection `[d_in, r]`.
+    pub a: Param<Tensor<B, 2>>,
+    /// Up projection `[r, d_out]`.
+    pub b: Param<Tensor<B, 2>>,
+    dropout: Dropout,
+    scale: f64,
+}
+
+/// A weight stored in 4 or 8 bits per value, with block scales.
+#[derive(Module, Debug)]
+pub struct Packed<B: Backend> {
+    /// Codes, `32 / bits` per word, lowest bits first.
+    pub words: Param<Tensor<B, 1, Int>>,
+    /// Block scales `[blocks]` (after undoing double quantization, see `scale_words`).
+    pub scales: Option<Param<Tensor<B, 1>>>,
+    /// Double quantization: int8 scale codes, four per word.
+    pub scale_words: Option<Param<Tensor<B, 1, Int>>>,
+    /// Double quantization: one f32 per group of 256 block scales.
+    pub group_scales: Option<Param<Tensor<B, 1>>>,
+    /// The value of each code (16 or 256 entries).
+    pub codebook: Param<Tensor<B, 1>>,
+    offset: f64,
+    bits: usize,
+    block_size: usize,
+    d_in: usize,
+    d_out: usize,
+}
+
+impl AdapterConfig {
+    /// A fresh adapter for a `d_in → d_out` layer; `A` is drawn from `seed`
+    /// (the same on every backend), `B` is zero.
+    pub fn init<B: Backend>(
+        &self,
+        d_in: usize,
+        d_out: usize,
+        seed: u64,
+        device: &B::Device,
+    ) -> Adapter<B> {
+        let bound = 1.0 / (d_in as f64).sqrt();
+        let mut rng = crate::data::rng::Rng::new(seed);
+        let a: Vec<f32> = (0..d_in * self.rank)
+            .map(|_| {
+                let unit = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                ((unit * 2.0 - 1.0) * bound) as f32
+            })
+            .collect();
+        Adapter {
+            a: Param::from_tensor(Tensor::from_data(
+                TensorData::new(a, [d_in, self.rank]),
+                device,
+            )),
+            b: Param::from_tensor(Tensor::zeros([self.rank, d_out], device)),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            scale: self.alpha / self.rank as f64,
+        }
+    }
+}
+
+impl<B: Backend> Adapter<B> {
+    /// input `[batch, seq, d_in]` → the update `[batch, seq, d_out]`.
+    pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.dropout
+            .forward(input)
+            .matmul(self.a.val().unsqueeze())
+            .matmul(self.b.val().unsqueeze())
+            .mul_scalar(self.scale)
+    }
+
+    /// α / r.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    /// The rank r.
+    pub fn rank(&self) -> usize {
+        self.a.dims()[1]
+    }
+
+    /// The dense update `(α/r)·A·B` `[d_in, d_out]`, for merging only.
+    pub fn delta(&self) -> Tensor<B, 2> {
+        self.a.val().matmul(self.b.val()).mul_scalar(self.scale)
+    }
+}
+
+impl<B: Backend> Projection<B> {
+    /// A dense layer from its weight `[d_in, d_out]` and bias.
+    pub fn dense(weight: Tensor<B, 2>, bias: Option<Tensor<B, 1>>) -> Self {
+        Projection {
+            weight: Some(Param::from_tensor(weight)),
+            packed: None,
+            bias: bias.map(Param::from_tensor),
+            adapter: None,
+        }
+    }
+
+    /// A dense layer with weights drawn as burn's `Linear` does.
+    pub fn random(d_in: usize, d_out: usize, device: &B::Device) -> Self {
+        let linear = burn::nn::LinearConfig::new(d_in, d_out).init::<B>(device);
+        Projection::dense(linear.weight.val(), linear.bias.map(|b| b.val()))
+    }
+
+    /// `[d_in, d_out]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match (&self.weight, &self.packed) {
+            (Some(w), _) => w.dims(),
+            (None, Some(p)) => [p.d_in, p.d_out],
+            (None, None) => [0, 0],
+        }
+    }
+
+    /// input `[batch, seq, d_in]` → `[batch, seq, d_out]`.
+    pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
+        let mut out = input.clone().matmul(self.base_weight().unsqueeze());
+        if let Some(bias) = &self.bias {
+            out = out + bias.val().unsqueeze();
+        }
+        if let Some(adapter) = &self.adapter {
+            out = out + adapter.forward(input);
+        }
+        out
+    }
+
+    /// The base weight `[d_in, d_out]` in f32 (dequantized when packed).
+    pub fn base_weight(&self) -> Tensor<B, 2> {
+        match (&self.weight, &self.packed) {
+            (Some(w), _) => w.val(),
+            (None, Some(p)) => p.dequantize(),
+            (None, None) => panic!("a projection always holds a base weight"),
+        }
+    }
+
+    /// Stores the base weight in `format`, dropping the dense copy.
+    pub fn pack(mut self, format: QuantFormat, block_size: usize, double_quant: bool) -> Self {
+        if let Some(weight) = self.weight.take() {
+            let [d_in, d_out] = weight.dims();
+            let device = weight.device();
+            let values: Vec<f32> = weight
+                .val()
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .expect("f32 weights");
+            let q = quant::quantize(&values, format, block_size, double_quant);
+            self.packed = Some(Packed::from_host(&q, d_in, d_out, &device));
+        }
+        self
+    }
+
+    /// Folds the adapter into a dense base weight: `W + (α/r)·A·B`.
+    pub fn merged(mut self) -> Self {
+        let mut weight = self.base_weight();
+        if let Some(adapter) = self.adapter.take() {
+            weight = weight + adapter.delta();
+        }
+        self.weight = Some(Param::from_tensor(weight));
+        self.packed = None;
+        self
+    }
+}
+
+impl<B: Backend> Packed<B> {
+    /// Uploads a host-quantized `[d_in, d_out]` weight (row-major codes).
+    pub fn from_host(q: &quant::Quantized, d_in: usize, d_out: usize, device: &B::Device) -> Self {
+        let bits = q.format.bits().expect("a packed format") as usize;
+        let mut words = bytes_to_words(&q.codes);
+        // Whole blocks of codes, so dequantization can reshape by block.
+        let coded = (d_in * d_out).div_ceil(q.block_size) * q.block_size;
+        words.resize(coded.div_ceil(32 / bits), 0);
+        let codebook: Vec<f32> = match q.format {
+            QuantFormat::Nf4 => NF4.to_vec(),
+            QuantFormat::Int4 => (0..16).map(|c| (c as f32 - 8.0) / 7.0).collect(),
+            QuantFormat::Int8 => (0..256).map(|c| (c as u8 as i8) as f32 / 127.0).collect(),
+            QuantFormat::None => unreachable!("unquantized weights are never packed"),
+        };
+        let int = |w: Vec<i32>| {
+            let n = w.len();
+            Param::initialized(
+                burn::module::ParamId::new(),
+                Tensor::<B, 1, Int>::from_data(TensorData::new(w, [n]), device),
+            )
+        };
+        let float = |v: Vec<f32>| {
+            let n = v.len();
+            Param::from_tensor(Tensor::<B, 1>::from_data(TensorData::new(v, [n]), device))
+        };
+        let (scales, scale_words, group_scales, offset) = match &q.scales {
+            Scales::Plain(s) => (Some(float(s.clone())), None, None, 0.0),
+            Scales::Double {
+                offset,
+                codes,
+                group_scale,
+            } => {
+                let bytes: Vec<u8> = codes.iter().map(|&c| c as u8).collect();
+                (
+                    None,
+                    Some(int(bytes_to_words(&bytes))),
+                    Some(float(group_scale.clone())),
+                    *offset as f64,
+                )
+            }
+        };
+        Packed {
+            words: int(words),
+            scales: scales.map(|p| p.set_require_grad(false)),
+            scale_words,
+            group_scales: group_scales.map(|p| p.set_require_grad(false)),
+            codebook: float(codebook).set_require_grad(false),
+            offset,
+            bits,
+            block_size: q.block_size,
+            d_in,
+            d_out,
+        }
+    }
+
+    /// Bytes the packed weight occupies on the device.
+    pub fn bytes(&self) -> usize {
+        let n = |d: [usize; 1]| d[0] * 4;
+        n(self.words.dims())
+            + self.scales.as_ref().map_or(0, |s| n(s.dims()))
+            + self.scale_words.as_ref().map_or(0, |s| n(s.dims()))
+            + self.group_scales.as_ref().map_or(0, |s| n(s.dims()))
+            + n(self.codebook.dims())
+    }
+
+    /// The block scales `[blocks]`.
+    fn block_scales(&self) -> Tensor<B, 1> {
+        if let Some(scales) = &self.scales {
+            return scales.val();
+        }
+        let words = self.scale_words.as_ref().expect("double-quantized scales");
+        let groups = self.group_scales.as_ref().expect("group scales");
+        let blocks = (self.d_in * self.d_out).div_ceil(self.block_size);
+        // Signed bytes: (u ^ 0x80) - 0x80.
+        let codes = unpack(words.val(), 8)
+            .bitwise_xor_scalar(0x80.elem())
+            .sub_scalar(0x80)
+            .slice(s![0..blocks])
+            .float();
+        let group = quant::SCALE_GROUP;
+        let padded = blocks.div_ceil(group) * group;
+        let group_of_block = groups
+            .val()
+            .reshape([blocks.div_ceil(group), 1])
+            .repeat_dim(1, group)
+            .reshape([padded])
+            .slice(s![0..blocks]);
+        (codes * group_of_block)
+            .div_scalar(127.0)
+            .add_scalar(self.offset)
+    }
+
+    /// The weight `[d_in, d_out]` in f32.
+    pub fn dequantize(&self) -> Tensor<B, 2> {
+        let len = self.d_in * self.d_out;
+        let blocks = len.div_ceil(self.block_size);
+        let codes = unpack(self.words.val(), self.bits).slice(s![0..blocks * self.block_size]);
+        let values = self.codebook.val().select(0, codes);
+        let scaled =
+            values.reshape([blocks, self.block_size]) * self.block_scales().reshape([blocks, 1]);
+        scaled
+            .reshape([blocks * self.block_size])
+            .slice(s![0..len])
+            .reshape([self.d_in, self.d_out])
+    }
+}
+
+/// Little-endian bytes → i32 words (zero-padded to a whole word).
+fn bytes_to_words(bytes: &[u8]) -> Vec<i32> {
+    bytes
+        .chunks(4)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            i32::from_le_bytes(w)
+        })
+        .collect()
+}
+
+/// Words → one code per element (`bits` wide, lowest bits first), unsigned.
+fn unpack<B: Backend>(words: Tensor<B, 1, Int>, bits: usize) -> Tensor<B, 1, Int> {
+    let per_word = 32 / bits;
+    let [n] = words.dims();
+    let device = words.device();
+    let shifts: Vec<i32> = (0..per_word).map(|k| (k * bits) as i32).collect();
+    let shifts = Tensor::<B, 1, Int>::from_data(TensorData::new(shifts, [per_word]), &device)
+        .reshape([1, per_word]);
+    words
+        .reshape([n, 1])
+        .repeat_dim(1, per_word)
+        .bitwise_right_shift(shifts.repeat_dim(0, n))
+        .bitwise_and_scalar(((1i64 << bits) - 1).elem())
+        .reshape([n * per_word])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::backend::{Cpu, cpu_device};
+    use burn::backend::Autodiff;
+    use burn::tensor::{Distribution, Tolerance};
+
+    type Train = Autodiff<Cpu>;
+
+    fn x<B: Backend>(device: &B::Device, d: usize) -> Tensor<B, 3> {
+        Tensor::random([2, 5, d], Distribution::Normal(0.0, 1.0), device)
+    }
+
+    #[test]
+    fn a_fresh_adapter_changes_nothing() {
+        let device = cpu_device();
+        let mut layer = Projection::<Cpu>::random(16, 8, &device);
+        let input = x::<Cpu>(&device, 16);
+        let expected = layer.forward(input.clone());
+        layer.adapter = Some(AdapterConfig::new(4, 8.0).init(16, 8, 1, &device));
+        layer
+            .forward(input)
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-6));
+    }
+
+    #[test]
+    fn only_the_adapter_receives_gradients() {
+        let device = cpu_device();
+        let mut layer = Projection::<Train>::random(16, 8, &device).no_grad();
+        layer.adapter = Some(AdapterConfig::new(4, 8.0).init(16, 8, 1, &device));
+        let loss = layer.forward(x(&device, 16)).powf_scalar(2.0).mean();
+        let grads = loss.backward();
+        let weight = layer.weight.as_ref().expect("dense");
+        assert!(weight.grad(&grads).is_none(), "the base weight is frozen");
+        assert!(layer.bias.as_ref().expect("bias").grad(&grads).is_none());
+        let adapter = layer.adapter.as_ref().expect("adapter");
+        let gb = adapter.b.grad(&grads).expect("B trains");
+        assert!(gb.abs().sum().into_scalar() > 0.0, "B gets a gradient");
+        let ga = adapter.a.grad(&grads).expect("A trains");
+        assert_eq!(
+            ga.abs().sum().into_scalar(),
+            0.0,
+            "A's gradient is zero while B is"
+        );
+    }
+
+    #[test]
+    fn the_update_is_scaled_by_alpha_over_rank() {
+        let device = cpu_device();
+        let mut adapter = AdapterConfig::new(2, 4.0).init::<Cpu>(6, 3, 9, &device);
+        adapter.b = Param::from_tensor(Tensor::ones([2, 3], &device));
+        let input = Tensor::<Cpu, 3>::ones([1, 1, 6], &device);
+        // Each output is (α/r) · Σ_i Σ_k A[i][k] with B = 1.
+        let expected = adapter.a.val().sum().into_scalar() * 2.0;
+        let got: Vec<f32> = adapter.forward(input).into_data().to_vec().expect("f32");
+        for v in got {
+            assert!((v - expected).abs() < 1e-5, "{v} vs {expected}");
+        }
+    }
+
+    #[test]
+    fn packed_weights_dequantize_on_device_as_the_host_reference() {
+        let device = cpu_device();
+        for (format, double) in [
+            (QuantFormat::Nf4, false),
+            (QuantFormat::Nf4, true),
+            (QuantFormat::Int4, false),
+            (QuantFormat::Int8, true),
+        ] {
+            // 37 × 29 is not a multiple of the block: the tail block is partial.
+            let layer = Projection::<Cpu>::random(37, 29, &device);
+            let dense: Vec<f32> = layer.base_weight().into_data().to_vec().expect("f32");
+            let reference = quant::quantize(&dense, format, 64, double).dequantize();
+            let packed = layer.pack(format, 64, double);
+            assert!(packed.weight.is_none(), "the dense copy is dropped");
+            let p = packed.packed.as_ref().expect("packed");
+            let bits = format.bits().expect("bits") as usize;
+            assert!(
+                p.words.dims()[0] * 4 <= (37 * 29 * bits).div_ceil(8) + 4,
+                "{format:?}: codes take {} bits per weight",
+                bits
+            );
+            let got: Vec<f32> = packed.base_weight().into_data().to_vec().expect("f32");
+            assert_eq!(got.len(), reference.len());
+            for (i, (g, r)) in got.iter().zip(&reference).enumerate() {
+                assert!(
+                    (g - r).abs() <= 1e-6,
+                    "{format:?} double={double} [{i}]: {g} vs {r}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn merging_folds_the_adapter_into_the_weight() {
+        let device = cpu_device();
+        let mut layer = Projection::<Cpu>::random(8, 6, &device);
+        let mut adapter = AdapterConfig::new(2, 4.0).init::<Cpu>(8, 6, 3, &device);
+        adapter.b = Param::from_tensor(Tensor::random(
+            [2, 6],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        ));
+        layer.adapter = Some(adapter);
+        let input = x::<Cpu>(&device, 8);
+        let expected = layer.forward(input.clone());
+        let merged = layer.merged();
+        assert!(merged.adapter.is_none());
+        merged
+            .forward(input)
+            .into_data()
+            .assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-5));
+    }
+}

@@ -1,0 +1,564 @@
+//! Training on a tiny random encoder, on the CPU: what each method trains and
+//! keeps frozen, that the loss goes down, that a resumed run ends exactly as
+//! an uninterrupted one, and that saved adapters have PEFT's names.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::backend::Autodiff;
+use burn::module::AutodiffModule;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use ftl::config::{AdamW as AdamWSettings, Lora, Method, Precision, QuantFormat, Quantize};
+use ftl::runtime::backend::{Cpu, cpu_device};
+use ftl::runtime::model::classifier::Classifier;
+use ftl::runtime::model::head::{ClassificationHeadConfig, Pooling};
+use ftl::runtime::model::load_encoder;
+use ftl::runtime::train::optim::AdamW;
+use ftl::runtime::train::run::{Event, Job, Observer, Silent, execute, load_run};
+use ftl::runtime::train::state::{named_params, param_values, read_safetensors};
+
+type Train = Autodiff<Cpu>;
+
+/// Dropout draws from the backend's one generator: runs whose numbers are
+/// compared must not share it with another test's run.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const WORDS: [&str; 16] = [
+    "good", "great", "fine", "lovely", "bad", "awful", "poor", "dull", "the", "film", "was",
+    "very", "plot", "acting", "really", "quite",
+];
+
+/// A tiny BERT folder (config, random weights, word-level tokenizer) in `dir`.
+fn tiny_model(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = common::config(common::TINY_BERT);
+    // Small weights, unit LayerNorms: a sane starting point, like a pretrained model's.
+    common::write_weights(&dir.join("model.safetensors"), &config, |tensors| {
+        for (t, (name, _, values)) in tensors.iter_mut().enumerate() {
+            for (j, v) in values.iter_mut().enumerate() {
+                *v = if name.ends_with("LayerNorm.weight") {
+                    1.0
+                } else if name.ends_with("LayerNorm.bias") {
+                    0.0
+                } else {
+                    // SplitMix64 of (tensor, element) → uniform in ±0.2.
+                    let mut z = ((t as u64) << 32 | j as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                    z ^= z >> 31;
+                    ((z >> 11) as f64 / (1u64 << 53) as f64 * 0.4 - 0.2) as f32
+                };
+            }
+        }
+    });
+    std::fs::write(dir.join("config.json"), common::TINY_BERT).unwrap();
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/tiny_wordpiece.json"),
+    )
+    .unwrap();
+    let mut tokenizer: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut vocab = serde_json::Map::new();
+    for (i, w) in ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+        .iter()
+        .chain(WORDS.iter())
+        .enumerate()
+    {
+        vocab.insert(w.to_string(), i.into());
+    }
+    tokenizer["model"]["vocab"] = vocab.into();
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+}
+
+/// Sentences whose label is carried by one sentiment word among fillers.
+fn toy_rows(n: usize, seed: usize) -> String {
+    let mut csv = String::from("text,label\n");
+    for i in 0..n {
+        let k = i * 7 + seed * 13;
+        let positive = (k / 3).is_multiple_of(2);
+        let word = if positive {
+            WORDS[k % 4]
+        } else {
+            WORDS[4 + k % 4]
+        };
+        let fill = |j: usize| WORDS[8 + (k * 5 + j * 3) % 8];
+        let len = 2 + k % 5;
+        let mut words: Vec<&str> = (0..len).map(fill).collect();
+        words.insert(k % (len + 1), word);
+        csv.push_str(&format!(
+            "{},{}\n",
+            words.join(" "),
+            if positive { "pos" } else { "neg" }
+        ));
+    }
+    csv
+}
+
+/// A project with the tiny model, toy data and one pipeline using `method`.
+fn project(method: &str, extra: &str) -> (tempfile::TempDir, ftl::plan::Plan) {
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model(&dir.path().join("tiny"));
+    std::fs::write(dir.path().join("train.csv"), toy_rows(192, 1)).unwrap();
+    std::fs::write(dir.path().join("eval.csv"), toy_rows(64, 2)).unwrap();
+    let source = format!(
+        r#"model tiny {{
+  path = "tiny"
+  architecture = bert
+  layers = 2
+  hidden = 16
+  heads = 4
+  intermediate = 32
+  vocab = 50
+  max_positions = 40
+  modules = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+  lora_targets = ["query", "value"]
+}}
+
+pipeline toy {{
+  model.base = tiny
+  dataset {{
+    format = csv
+    train = "train.csv"
+    eval = "eval.csv"
+    text = "text"
+    label = "label"
+    labels = ["neg", "pos"]
+    max_tokens = 16
+  }}
+  method = {method}
+  train {{
+    steps = 60
+    batch_size = 16
+    lr = 3e-2
+    seed = 5
+  }}
+  evaluate.every = end
+  device.backend = cpu
+  output {{
+    dir = "out"
+    checkpoint_every = 4
+  }}
+  {extra}
+}}
+"#
+    );
+    std::fs::write(dir.path().join("toy.ft"), &source).unwrap();
+    let loader = ftl::project::FsLoader::new(dir.path().to_path_buf());
+    let mut sources = ftl::span::Sources::new();
+    let checked = ftl::check("toy.ft", &loader, &mut sources, "")
+        .unwrap_or_else(|d| panic!("{}", ftl::render::render(&d, &sources, false)));
+    let plan = ftl::lower(&checked, &sources)
+        .unwrap_or_else(|d| panic!("{}", ftl::render::render(&d, &sources, false)));
+    (dir, plan)
+}
+
+fn job(dir: &Path, plan: &ftl::plan::Plan, output: &str, resume: bool) -> Job {
+    Job {
+        run: plan.runs[0].clone(),
+        sources: vec![],
+        project_root: dir.to_path_buf(),
+        output: dir.join(output),
+        resume,
+        fetch: ftl::runtime::fetch::FetchOptions {
+            allow_download: false,
+            ..ftl::runtime::fetch::FetchOptions::from_env()
+        },
+        data_search: vec![],
+    }
+}
+
+fn losses(run_dir: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+#[test]
+fn lora_run_learns_and_saves_peft_adapters_with_exact_names() {
+    let _serial = serial();
+    let (dir, plan) = project("lora(rank = 4, alpha = 8, dropout = 0.0)", "");
+    let outcome = execute(
+        &job(dir.path(), &plan, "out", false),
+        &mut Silent,
+        &AtomicBool::new(false),
+    )
+    .expect("the run finishes");
+    assert_eq!(outcome.dir, dir.path().join("out/toy/main"));
+    let loss = losses(&outcome.dir);
+    assert_eq!(loss.len(), 60);
+    assert!(
+        mean(&loss[50..]) < mean(&loss[..10]) * 0.8,
+        "the loss goes down: {loss:?}"
+    );
+    let eval = outcome.summary.evaluation("eval").expect("evaluated");
+    assert_eq!(eval.examples, 64);
+    assert!(
+        eval.accuracy > 0.8,
+        "the toy task is learnt: {}",
+        eval.accuracy
+    );
+
+    let (tensors, _) =
+        read_safetensors(&outcome.dir.join("adapter/adapter_model.safetensors")).unwrap();
+    let mut names: Vec<(String, Vec<usize>)> = tensors
+        .iter()
+        .map(|(k, v)| (k.clone(), v.shape.to_vec()))
+        .collect();
+    names.sort();
+    let mut expected = Vec::new();
+    for layer in 0..2 {
+        for m in ["query", "value"] {
+            let base = format!("base_model.model.encoder.layer.{layer}.attention.self.{m}");
+            expected.push((format!("{base}.lora_A.weight"), vec![4, 16]));
+            expected.push((format!("{base}.lora_B.weight"), vec![16, 4]));
+        }
+    }
+    expected.sort();
+    assert_eq!(names, expected);
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(outcome.dir.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["peft_type"], "LORA");
+    assert_eq!(config["r"], 4);
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["query", "value"])
+    );
+    for file in [
+        "plan.json",
+        "summary.json",
+        "report.md",
+        "loss.svg",
+        "adapter/head.safetensors",
+    ] {
+        assert!(outcome.dir.join(file).is_file(), "{file} is written");
+    }
+    assert!(!dir.path().join("out/toy/.main.partial").exists());
+
+    // The saved run predicts as the trained model did.
+    let device = cpu_device();
+    let trained = load_run::<Cpu>(
+        &outcome.dir,
+        &job(dir.path(), &plan, "out", false).fetch,
+        &device,
+    )
+    .expect("the run loads back");
+    let e = ftl::runtime::train::run::eval_file(
+        &outcome.dir,
+        &dir.path().join("eval.csv"),
+        &job(dir.path(), &plan, "out", false).fetch,
+    )
+    .unwrap();
+    assert_eq!(
+        e.accuracy, eval.accuracy,
+        "ftl eval agrees with the run's own evaluation"
+    );
+    drop(trained);
+
+    // A second `ftl run` leaves the finished run alone.
+    let again = execute(
+        &job(dir.path(), &plan, "out", false),
+        &mut Silent,
+        &AtomicBool::new(false),
+    );
+    assert!(matches!(
+        again,
+        Err(ftl::runtime::error::RuntimeError::RunDir { .. })
+    ));
+}
+
+/// Stops the run (as Ctrl-C does) once a given step is done.
+struct StopAt<'a>(u64, &'a AtomicBool);
+
+impl Observer for StopAt<'_> {
+    fn event(&mut self, event: Event<'_>) {
+        if let Event::Step(m, _) = event
+            && m.step == self.0
+        {
+            self.1.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[test]
+fn a_resumed_run_ends_bitwise_equal_to_an_uninterrupted_one() {
+    let _serial = serial();
+    let (dir, plan) = project("lora(rank = 4, alpha = 8, dropout = 0.1)", "");
+    let whole = execute(
+        &job(dir.path(), &plan, "a", false),
+        &mut Silent,
+        &AtomicBool::new(false),
+    )
+    .expect("uninterrupted run");
+
+    let stop = AtomicBool::new(false);
+    let first = execute(
+        &job(dir.path(), &plan, "b", false),
+        &mut StopAt(10, &stop),
+        &stop,
+    );
+    let Err(ftl::runtime::error::RuntimeError::Interrupted { dir: partial }) = first else {
+        panic!("the run stops when asked: {first:?}")
+    };
+    assert!(partial.join("checkpoint.safetensors").is_file());
+    // Without --resume the interrupted run is not overwritten.
+    let refused = execute(
+        &job(dir.path(), &plan, "b", false),
+        &mut Silent,
+        &AtomicBool::new(false),
+    );
+    assert!(matches!(
+        refused,
+        Err(ftl::runtime::error::RuntimeError::RunDir { .. })
+    ));
+    let resumed = execute(
+        &job(dir.path(), &plan, "b", true),
+        &mut Silent,
+        &AtomicBool::new(false),
+    )
+    .expect("resumed run");
+
+    assert_eq!(
+        losses(&whole.dir),
+        losses(&resumed.dir),
+        "same loss at every step"
+    );
+    assert_eq!(whole.summary.evaluations, resumed.summary.evaluations);
+    let adapter = |d: &PathBuf| std::fs::read(d.join("adapter/adapter_model.safetensors")).unwrap();
+    assert_eq!(
+        adapter(&whole.dir),
+        adapter(&resumed.dir),
+        "bitwise equal adapters"
+    );
+    assert!(resumed.summary.notes.iter().any(|n| n.contains("resumed")));
+}
+
+#[test]
+fn full_fine_tuning_saves_a_hugging_face_model_that_loads_back() {
+    let _serial = serial();
+    let (dir, plan) = project("full", "");
+    let outcome = execute(
+        &job(dir.path(), &plan, "out", false),
+        &mut Silent,
+        &AtomicBool::new(false),
+    )
+    .expect("the run finishes");
+    let loss = losses(&outcome.dir);
+    assert!(
+        mean(&loss[50..]) < mean(&loss[..10]) * 0.8,
+        "the loss goes down: {loss:?}"
+    );
+    let config = common::config(common::TINY_BERT);
+    let device = cpu_device();
+    let (trained, _) = load_encoder::<Cpu>(
+        &outcome.dir.join("model/model.safetensors"),
+        &config,
+        &device,
+    )
+    .expect("the saved model is a valid HF BERT");
+    let (base, _) =
+        load_encoder::<Cpu>(&dir.path().join("tiny/model.safetensors"), &config, &device).unwrap();
+    let w = |e: &ftl::runtime::model::Encoder<Cpu>| -> Vec<f32> {
+        e.layers[0]
+            .feed_forward
+            .output
+            .base_weight()
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+    assert_ne!(w(&trained), w(&base), "full fine-tuning changes the base");
+    assert_eq!(
+        outcome.summary.trainable_parameters,
+        outcome.summary.total_parameters + 16 * 2 + 2
+    );
+}
+
+/// A random tiny classifier prepared for `method` on the autodiff CPU backend.
+fn classifier(method: &Method, quantize: &Quantize) -> Classifier<Train> {
+    let config = common::config(common::TINY_BERT);
+    let device = cpu_device();
+    let encoder = config.init::<Train>(&device);
+    let head = ClassificationHeadConfig::new(16, 2, Pooling::Mean, 1).init(&device);
+    Classifier { encoder, head }
+        .prepare(config.architecture, method, quantize, 3)
+        .unwrap()
+}
+
+fn lora() -> Lora {
+    Lora {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: vec!["query".into(), "value".into()],
+    }
+}
+
+fn no_quant() -> Quantize {
+    Quantize {
+        format: QuantFormat::None,
+        block_size: 64,
+        double_quant: false,
+        compute: Precision::Fp32,
+    }
+}
+
+/// Three AdamW steps on a fixed batch.
+fn train_steps(mut model: Classifier<Train>) -> Classifier<Train> {
+    let device = cpu_device();
+    let mut optimizer = AdamW::new(AdamWSettings {
+        betas: [0.9, 0.999],
+        eps: 1e-8,
+        weight_decay: 0.01,
+    });
+    let ids = Tensor::<Train, 2, Int>::from_data(
+        TensorData::new(vec![2i64, 5, 6, 7, 3, 2, 9, 3, 0, 0], [2, 5]),
+        &device,
+    );
+    let mask = ids.clone().not_equal_elem(0).int();
+    let targets = Tensor::<Train, 1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
+    for _ in 0..3 {
+        let logits = model.forward(ids.clone(), mask.clone());
+        let loss = CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(logits, targets.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optimizer.step(model, grads, 1e-2, None);
+    }
+    model
+}
+
+fn values(model: &Classifier<Train>) -> BTreeMap<String, Vec<f32>> {
+    param_values(&model.valid(), &|_| true)
+        .into_iter()
+        .map(|(k, v)| (k, v.to_vec().unwrap()))
+        .collect()
+}
+
+#[test]
+fn lora_changes_only_adapters_and_head_and_the_base_stays_bitwise() {
+    let _serial = serial();
+    let model = classifier(&Method::Lora(lora()), &no_quant());
+    let trainable: Vec<String> = named_params(&model)
+        .into_iter()
+        .filter(|p| p.trainable)
+        .map(|p| p.path)
+        .collect();
+    assert!(
+        trainable
+            .iter()
+            .all(|p| p.contains(".adapter.") || p.starts_with("head.")),
+        "{trainable:?}"
+    );
+    assert_eq!(trainable.len(), 2 * 2 * 2 + 2);
+    let before = values(&model);
+    let after = values(&train_steps(model));
+    for (path, v) in &before {
+        let changed = after[path] != *v;
+        let should = path.ends_with(".adapter.b")
+            || path.ends_with(".adapter.a")
+            || path.starts_with("head.");
+        assert_eq!(changed, should, "{path}: changed = {changed}");
+    }
+}
+
+#[test]
+fn qlora_stores_the_base_in_four_bits_and_never_changes_it() {
+    let _serial = serial();
+    let quantize = Quantize {
+        format: QuantFormat::Nf4,
+        block_size: 64,
+        double_quant: true,
+        compute: Precision::Fp32,
+    };
+    let model = classifier(&Method::Qlora(lora()), &quantize);
+    for layer in &model.encoder.layers {
+        let a = &layer.attention;
+        let f = &layer.feed_forward;
+        for p in [
+            &a.query,
+            &a.key,
+            &a.value,
+            &a.output,
+            &f.intermediate,
+            &f.output,
+        ] {
+            assert!(
+                p.weight.is_none() && p.packed.is_some(),
+                "every base linear is packed"
+            );
+        }
+    }
+    // Eight 4-bit codes per 32-bit word: 16·16 weights in 32 words.
+    let query = model.encoder.layers[0]
+        .attention
+        .query
+        .packed
+        .as_ref()
+        .unwrap();
+    assert_eq!(query.words.dims(), [32]);
+    // 2 layers × (4·16·16 + 2·16·32) weights: under a byte each, with scales and code books.
+    let weights = 2 * (4 * 16 * 16 + 2 * 16 * 32);
+    let bytes = model.packed_bytes();
+    assert!(bytes < weights, "{bytes} bytes for {weights} weights");
+    let words = |m: &Classifier<Train>| -> Vec<i32> {
+        m.encoder.layers[1]
+            .attention
+            .query
+            .packed
+            .as_ref()
+            .unwrap()
+            .words
+            .val()
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+    let packed_before = words(&model);
+    let before = values(&model);
+    let trained = train_steps(model);
+    assert_eq!(
+        words(&trained),
+        packed_before,
+        "the 4-bit codes are unchanged"
+    );
+    let after = values(&trained);
+    for (path, v) in &before {
+        let should = path.contains(".adapter.") || path.starts_with("head.");
+        assert_eq!(after[path] != *v, should, "{path}");
+    }
+}
+
+#[test]
+fn full_fine_tuning_trains_every_parameter() {
+    let _serial = serial();
+    let model = classifier(&Method::Full, &no_quant());
+    assert!(named_params(&model).iter().all(|p| p.trainable));
+    let before = values(&model);
+    let after = values(&train_steps(model));
+    let changed = before.iter().filter(|(k, v)| after[*k] != **v).count();
+    assert!(
+        changed > before.len() * 9 / 10,
+        "{changed} of {} changed",
+        before.len()
+    );
+}
