@@ -69,6 +69,9 @@ enum Command {
         /// Continue interrupted runs from their last checkpoint.
         #[arg(long)]
         resume: bool,
+        /// Run only the runs whose name (`PIPELINE/POINT`) contains this.
+        #[arg(long)]
+        only: Option<String>,
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
@@ -132,6 +135,7 @@ fn main() -> ExitCode {
             file,
             output,
             resume,
+            only,
             quiet,
             json,
             verbose,
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
             let options = run::Options {
                 output,
                 resume,
+                only,
                 quiet,
                 json,
                 verbose,

@@ -18,6 +18,7 @@ use ftl::runtime::train::run::{self as train, Event, Job, Observer};
 pub struct Options {
     pub output: Option<PathBuf>,
     pub resume: bool,
+    pub only: Option<String>,
     pub quiet: bool,
     pub json: bool,
     pub verbose: bool,
@@ -131,9 +132,19 @@ pub fn run(file: &Path, root: Option<&Path>, options: &Options) -> ExitCode {
     if file.is_dir() {
         return resume_dir(file, options, &mut progress, &stop);
     }
-    let Some(plan) = crate::load_plan(file, root) else {
+    let Some(mut plan) = crate::load_plan(file, root) else {
         return ExitCode::FAILURE;
     };
+    if let Some(only) = &options.only {
+        plan.runs.retain(|r| r.name.contains(only.as_str()));
+        if plan.runs.is_empty() {
+            eprintln!(
+                "error: no run's name contains `{only}`\nhint: `ftl plan {}` lists them",
+                file.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     let project_root = match crate::project_of(file, root) {
         Ok((r, _, _)) => r,
         Err(e) => {

@@ -163,7 +163,7 @@ fn missing_file_is_an_io_error() {
 }
 
 #[test]
-fn wrong_dtype_is_named() {
+fn integer_weights_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(TINY_BERT);
     let path = dir.path().join("model.safetensors");
@@ -192,4 +192,83 @@ fn wrong_dtype_is_named() {
         matches!(&error, RuntimeError::TensorDtype { tensor, .. } if tensor == "embeddings.word_embeddings.weight"),
         "{error}"
     );
+}
+
+/// Rewrites every F32 tensor of a safetensors file in a half-precision dtype.
+fn to_half(path: &std::path::Path, dtype: safetensors::Dtype) {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let converted: Vec<(String, Vec<usize>, safetensors::Dtype, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            if view.dtype() != safetensors::Dtype::F32 {
+                return (
+                    name,
+                    view.shape().to_vec(),
+                    view.dtype(),
+                    view.data().to_vec(),
+                );
+            }
+            let data = view
+                .data()
+                .chunks_exact(4)
+                .flat_map(|b| {
+                    let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    match dtype {
+                        safetensors::Dtype::F16 => half::f16::from_f32(v).to_le_bytes(),
+                        _ => half::bf16::from_f32(v).to_le_bytes(),
+                    }
+                })
+                .collect();
+            (name, view.shape().to_vec(), dtype, data)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = converted
+        .iter()
+        .map(|(name, shape, dtype, data)| {
+            (
+                name.clone(),
+                safetensors::tensor::TensorView::new(*dtype, shape.clone(), data).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+#[test]
+fn half_precision_checkpoints_are_widened_exactly() {
+    for dtype in [safetensors::Dtype::F16, safetensors::Dtype::BF16] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(TINY_BERT);
+        let path = dir.path().join("model.safetensors");
+        write_weights(&path, &config, |_| {});
+        to_half(&path, dtype);
+        let (encoder, report) = load_encoder::<Cpu>(&path, &config, &cpu_device()).unwrap();
+        assert_eq!(report.tensors, expected_tensors(&config).len());
+
+        let index = expected_tensors(&config)
+            .iter()
+            .position(|t| t.path == "layers.1.attention.query.weight")
+            .unwrap();
+        let weight: Vec<f32> = encoder.layers[1]
+            .attention
+            .query
+            .base_weight()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let h = config.hidden_size;
+        let (out, inp) = (3, 5);
+        let stored = value(index, out * h + inp);
+        let expected = match dtype {
+            safetensors::Dtype::F16 => half::f16::from_f32(stored).to_f32(),
+            _ => half::bf16::from_f32(stored).to_f32(),
+        };
+        assert_eq!(weight[inp * h + out], expected, "{dtype:?}");
+        assert_ne!(
+            expected, stored,
+            "the test value must not be exact in {dtype:?}"
+        );
+    }
 }

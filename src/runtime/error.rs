@@ -221,7 +221,7 @@ impl RuntimeError {
                 "config.json and model.safetensors come from different models".into()
             }
             RuntimeError::TensorDtype { .. } => {
-                "ftl loads F32 weights; re-save them as float32".into()
+                "ftl loads F32, F16 and BF16 weights; re-save them in one of those".into()
             }
             RuntimeError::InputShape { .. } => {
                 "ids and attention mask must both be [batch, seq], seq within the model's positions"

@@ -309,7 +309,7 @@ fn check_tensors(
                 path: path.to_path_buf(),
                 tensor: tensor.upstream.clone(),
             })?;
-        if view.dtype() != Dtype::F32 {
+        if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
             return Err(RuntimeError::TensorDtype {
                 path: path.to_path_buf(),
                 tensor: tensor.upstream.clone(),
@@ -340,12 +340,24 @@ fn decode(
             path: path.to_path_buf(),
             tensor: tensor.upstream.clone(),
         })?;
-    // Little-endian f32; the data may be unaligned in the map, so read bytewise.
-    let values: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    // Little-endian; the data may be unaligned in the map, so read bytewise.
+    // Half-precision checkpoints are widened to f32 (exactly: both convert
+    // without rounding).
+    let bytes = view.data();
+    let values: Vec<f32> = match view.dtype() {
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+    };
     if !tensor.transpose {
         return Ok(TensorData::new(values, tensor.stored.clone()));
     }

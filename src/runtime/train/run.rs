@@ -19,7 +19,7 @@ use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::config::{Artifact, CheckpointEvery, Every, Length, Method, RunConfig};
+use crate::config::{Artifact, CheckpointEvery, Every, Length, Method, Precision, RunConfig};
 use crate::data::{self, Example, batch};
 use crate::metrics::{self, Confusion};
 use crate::plan::Run;
@@ -107,15 +107,23 @@ pub fn execute(
         observer.event(Event::Notice(n));
     }
     match target {
-        Target::Cpu => execute_on::<Autodiff<Cpu>>(job, cpu_device(), "cpu".into(), observer, stop),
+        Target::Cpu => {
+            execute_on::<Autodiff<Cpu>>(job, cpu_device(), "cpu".into(), &|| None, observer, stop)
+        }
         #[cfg(feature = "cuda")]
-        Target::Cuda(n) => execute_on::<Autodiff<backend::Gpu>>(
-            job,
-            burn::backend::cuda::CudaDevice::new(n as usize),
-            format!("cuda:{n}"),
-            observer,
-            stop,
-        ),
+        Target::Cuda(n) => {
+            backend::use_ftl_kernel_cache();
+            let device = burn::backend::cuda::CudaDevice::new(n as usize);
+            let sample = device.clone();
+            execute_on::<Autodiff<backend::Gpu>>(
+                job,
+                device,
+                format!("cuda:{n}"),
+                &move || backend::cuda_memory_in_use(&sample),
+                observer,
+                stop,
+            )
+        }
         #[cfg(not(feature = "cuda"))]
         Target::Cuda(n) => Err(RuntimeError::NoCudaDevice {
             ordinal: n,
@@ -313,6 +321,21 @@ impl Split {
     }
 }
 
+/// Steps whose metrics are read from the device together.
+const LOG_EVERY: usize = 25;
+
+/// A step whose metrics still sit on the device.
+struct Pending<B: Backend> {
+    step: u64,
+    epoch: u32,
+    lr: f64,
+    examples: usize,
+    tokens: usize,
+    loss: Option<Tensor<B, 1>>,
+    norm: Option<Tensor<B, 1>>,
+    memory: Option<u64>,
+}
+
 fn mix(seed: u64, step: u64, micro: u64) -> u64 {
     let mut z =
         seed ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ micro.wrapping_mul(0xD6E8_FEB8_6659_FD93);
@@ -324,6 +347,7 @@ fn execute_on<AB: AutodiffBackend>(
     job: &Job,
     device: AB::Device,
     device_name: String,
+    memory: &dyn Fn() -> Option<u64>,
     observer: &mut dyn Observer,
     stop: &AtomicBool,
 ) -> RuntimeResult<Outcome> {
@@ -397,6 +421,15 @@ fn execute_on<AB: AutodiffBackend>(
         peak_memory_bytes: None,
     };
     let mut notes = Vec::new();
+    if cfg.train.precision == Precision::Bf16 {
+        // Said in the run's output and its report: a reader comparing runs
+        // must not assume half-precision compute that did not happen.
+        let note = "precision = bf16 is not implemented yet: this run computed in fp32 \
+                    (TF32 matrix products on CUDA)"
+            .to_string();
+        observer.event(Event::Notice(format!("{}: {note}", run.name)));
+        notes.push(note);
+    }
     if resuming {
         let (m, p) = state::load_checkpoint::<AB, _>(&checkpoint, model, &mut optimizer, &device)?;
         model = m;
@@ -450,6 +483,10 @@ fn execute_on<AB: AutodiffBackend>(
         |idx: &[usize]| -> Vec<i64> { idx.iter().map(|&i| loaded.train[i].label as i64).collect() };
     let mut last_eval_step = progress.evaluations.last().map(|e| e.step);
     let mut stopped_early = false;
+    let mut peak = progress.peak_memory_bytes;
+    let first_step = progress.step + 1;
+    let mut pending: Vec<Pending<AB::InnerBackend>> = Vec::new();
+    let mut window = Instant::now();
 
     let run_eval = |model: &Classifier<AB>,
                     step: u64,
@@ -483,10 +520,14 @@ fn execute_on<AB: AutodiffBackend>(
         predictions
     };
 
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut batches_of = u64::MAX;
     'training: while progress.step < total {
-        let batches = batch::length_grouped(&lengths, bs, t.seed, progress.epoch);
-        while progress.batch < batches.len() && progress.step < total {
-            let step_start = Instant::now();
+        if batches_of != progress.epoch {
+            batches = batch::length_grouped(&lengths, bs, t.seed, progress.epoch);
+            batches_of = progress.epoch;
+        }
+        {
             let group = &batches[progress.batch..(progress.batch + accum).min(batches.len())];
             let examples: usize = group.iter().map(Vec::len).sum();
             let mut accumulator = GradientsAccumulator::<Classifier<AB>>::new();
@@ -502,6 +543,10 @@ fn execute_on<AB: AutodiffBackend>(
                     &device,
                 );
                 let logits = model.forward(ids, mask);
+                // Activations are all alive here: the peak is near.
+                if let Some(bytes) = memory() {
+                    peak = Some(peak.unwrap_or(0).max(bytes));
+                }
                 let loss = loss_fn
                     .forward(logits, targets)
                     .mul_scalar(idx.len() as f64 / examples as f64);
@@ -523,33 +568,83 @@ fn execute_on<AB: AutodiffBackend>(
             model = optimizer.step(model, grads, lr, factor);
             progress.step += 1;
             progress.batch += group.len();
+            let in_use = memory();
+            if let Some(bytes) = in_use {
+                peak = Some(peak.unwrap_or(0).max(bytes));
+            }
+            progress.peak_memory_bytes = peak;
 
-            let loss: f64 = loss_sum
-                .map(|l| l.into_scalar().elem::<f64>())
-                .unwrap_or(f64::NAN);
-            let grad_norm: f64 = norm.map_or(0.0, |n| n.into_scalar().elem::<f64>());
-            let secs = step_start.elapsed().as_secs_f64();
-            progress.seconds[if progress.step == 1 { 1 } else { 2 }] += secs;
-            let metrics = StepMetrics {
+            pending.push(Pending {
                 step: progress.step,
                 epoch: progress.epoch as u32 + 1,
-                loss,
                 lr,
-                grad_norm,
-                samples_per_s: examples as f64 / secs,
-                tokens_per_s: tokens as f64 / secs,
-                memory_bytes: None,
-            };
-            rundir
-                .log_step(&metrics)
-                .map_err(|e| RuntimeError::RunDir {
-                    message: e.to_string(),
-                })?;
-            observer.event(Event::Step(&metrics, total));
-            if !loss.is_finite() {
-                return Err(RuntimeError::NonFinite {
-                    step: progress.step,
-                });
+                examples,
+                tokens,
+                loss: loss_sum,
+                norm,
+                memory: in_use,
+            });
+            // Metrics stay on the device and are read in windows: reading
+            // waits for the device, so it happens every LOG_EVERY steps and
+            // before anything that needs them.
+            let boundary = |every: u64| every > 0 && progress.step.is_multiple_of(every);
+            let flush_now = pending.len() >= LOG_EVERY
+                || pending[0].step == first_step
+                || progress.step >= total
+                || progress.batch >= batches.len()
+                || stop.load(Ordering::SeqCst)
+                || matches!(cfg.evaluate.every, Every::Steps(n) if boundary(n))
+                || matches!(cfg.output.checkpoint_every, CheckpointEvery::Steps(n) if boundary(n))
+                || budget.is_some_and(|l| spent_before + clock.elapsed().as_secs_f64() > l);
+            if flush_now {
+                let window_secs = window.elapsed().as_secs_f64();
+                let read = |values: Vec<Tensor<AB::InnerBackend, 1>>| -> Vec<f64> {
+                    if values.is_empty() {
+                        return Vec::new();
+                    }
+                    Tensor::cat(values, 0)
+                        .into_data()
+                        .convert::<f64>()
+                        .to_vec::<f64>()
+                        .expect("f64")
+                };
+                let losses = read(
+                    pending
+                        .iter()
+                        .map(|p| p.loss.clone().expect("a step has a loss"))
+                        .collect(),
+                );
+                let norms = read(pending.iter().filter_map(|p| p.norm.clone()).collect());
+                let secs = window.elapsed().as_secs_f64().max(window_secs);
+                window = Instant::now();
+                let per_step = secs / pending.len() as f64;
+                let warmup_window = pending[0].step == first_step && pending.len() == 1;
+                progress.seconds[if warmup_window && first_step == 1 {
+                    1
+                } else {
+                    2
+                }] += secs;
+                for (i, p) in pending.drain(..).enumerate() {
+                    let metrics = StepMetrics {
+                        step: p.step,
+                        epoch: p.epoch,
+                        loss: losses[i],
+                        lr: p.lr,
+                        grad_norm: norms.get(i).copied().unwrap_or(0.0),
+                        samples_per_s: p.examples as f64 / per_step,
+                        tokens_per_s: p.tokens as f64 / per_step,
+                        memory_bytes: p.memory,
+                    };
+                    rundir
+                        .log_step(&metrics)
+                        .map_err(|e| RuntimeError::RunDir {
+                            message: e.to_string(),
+                        })?;
+                    observer.event(Event::Step(&metrics, total));
+                    if !metrics.loss.is_finite() {
+                        return Err(RuntimeError::NonFinite { step: p.step });
+                    }
+                }
             }
             if progress.batch >= batches.len() {
                 progress.epoch += 1;

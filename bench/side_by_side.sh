@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# ftl and the PyTorch reference, side by side, on one GPU machine, in one go.
+#
+#   bench/side_by_side.sh CONFIG...      (CONFIG = minilm_l6-full, mpnet_base-qlora, …; default: all six)
+#
+# Environment:
+#   FTL            the ftl binary (built with CUDA)
+#   FTL_HOME       ftl's cache, holding both models under models/
+#   FTL_DATA_PATH  a folder holding sst2/train.tsv and sst2/dev.tsv
+#   REFERENCE      pytorch_reference.py (../shared/bench/pytorch_reference.py)
+#   OUT            where results go
+#   STEPS          optimizer steps per run (default 200, as bench/pipelines/speed.ft)
+#   RANDOM_MODELS  models whose weights are random on both sides (default: mpnet_base)
+#   RUNS           where ftl's run folders go (default: a fresh temporary folder;
+#                  a configuration run again replaces its earlier run there)
+#
+# Both sides train on SST-2 with batch 32 and at most 64 tokens. Per run it
+# records samples/s after 20 warm-up steps, the peak of the framework's own
+# allocator (PyTorch max_memory_allocated; ftl's sampled bytes in use), the
+# process's peak device memory as NVML reports it (sampled every 100 ms), and
+# the seconds from process start to the end of the first optimizer step.
+# Models in RANDOM_MODELS use random weights on both sides (the reference's
+# --random-init; for ftl a folder written by bench/random_model.py): speed and
+# memory do not depend on the values.
+set -u
+steps=${STEPS:-200}
+configs=("$@")
+[ ${#configs[@]} -eq 0 ] && configs=(minilm_l6-full minilm_l6-lora minilm_l6-qlora mpnet_base-full mpnet_base-lora mpnet_base-qlora)
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$OUT"
+runs=${RUNS:-$(mktemp -d)}
+
+# Peak NVML memory (MiB) of process $1, sampled until it exits.
+nvml_peak() {
+  local pid=$1 max=0 v
+  while kill -0 "$pid" 2>/dev/null; do
+    v=$(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits 2>/dev/null |
+      awk -F', *' -v p="$pid" '$1 == p { print $2 }')
+    if [ -n "$v" ] && [ "$v" -gt "$max" ]; then max=$v; fi
+    sleep 0.1
+  done
+  echo "$max"
+}
+
+for config in "${configs[@]}"; do
+  model=${config%-*}
+  method=${config##*-}
+  case $model in
+    minilm_l6) dir=$FTL_HOME/models/sentence-transformers--all-MiniLM-L6-v2 ;;
+    mpnet_base) dir=$FTL_HOME/models/sentence-transformers--all-mpnet-base-v2 ;;
+  esac
+  random=
+  case " ${RANDOM_MODELS:-mpnet_base} " in *" $model "*) random=--random-init ;; esac
+
+  # ftl (a finished run is kept, not retrained: clear it so a repeat measures)
+  rm -rf "${runs:?}/speed/$config"
+  start=$(date +%s.%N)
+  "$FTL" run "$here/pipelines/speed.ft" --only "speed/$config" --output "$runs" --json --quiet \
+    >"$OUT/ftl-$config.json" 2>"$OUT/ftl-$config.err" &
+  pid=$!
+  ftl_nvml=$(nvml_peak $pid)
+  wait $pid
+  ftl_rc=$?
+  ftl_wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
+  # Keep the run's metrics and summary beside the results (the run folder
+  # itself stays in $runs, outside $OUT, and is replaced on the next pass).
+  cp "$runs/speed/$config/metrics.jsonl" "$OUT/ftl-$config.metrics.jsonl" 2>/dev/null
+  cp "$runs/speed/$config/summary.json" "$OUT/ftl-$config.summary.json" 2>/dev/null
+
+  # PyTorch
+  python3 "$REFERENCE" --model-dir "$dir" --data-dir "$FTL_DATA_PATH/sst2" --methods "$method" \
+    --steps "$steps" $random --out "$OUT/ref-$config.json" >"$OUT/ref-$config.log" 2>&1 &
+  pid=$!
+  ref_nvml=$(nvml_peak $pid)
+  wait $pid
+  ref_rc=$?
+
+  python3 - "$OUT" "$config" "$ftl_nvml" "$ref_nvml" "$ftl_rc" "$ref_rc" "$ftl_wall" <<'EOF'
+import json, sys, os
+out, config, ftl_nvml, ref_nvml, ftl_rc, ref_rc, ftl_wall = sys.argv[1:]
+row = {"config": config, "ftl_rc": int(ftl_rc), "ref_rc": int(ref_rc), "ftl_nvml_mib": int(ftl_nvml),
+       "ref_nvml_mib": int(ref_nvml), "ftl_wall_s": float(ftl_wall)}
+try:
+    summary = json.loads(open(f"{out}/ftl-{config}.json").read().strip().splitlines()[-1])
+    steps = [json.loads(l) for l in open(f"{out}/ftl-{config}.metrics.jsonl")]
+    later = [s for s in steps if s["step"] > 20]
+    secs = sum(32 / s["samples_per_s"] for s in later)
+    t = summary["timing"]
+    row.update(ftl_samples_per_s=round(32 * len(later) / secs, 1),
+               ftl_peak_alloc_mib=round((summary["peak_memory_bytes"] or 0) / 2**20, 1),
+               ftl_first_step_s=round(t["load"] + t["warmup"], 2),
+               ftl_accuracy=summary["evaluations"][0]["accuracy"] if summary["evaluations"] else None)
+except Exception as e:
+    row["ftl_error"] = repr(e)
+try:
+    ref = json.load(open(f"{out}/ref-{config}.json"))
+    ref = ref[0] if isinstance(ref, list) else ref
+    row.update(ref_samples_per_s=ref.get("samples_per_s"), ref_peak_alloc_mib=ref.get("peak_mib"),
+               ref_first_step_s=ref.get("first_step_s"))
+except Exception as e:
+    row["ref_error"] = repr(e)
+if "ftl_samples_per_s" in row and row.get("ref_samples_per_s"):
+    row["speed_ratio"] = round(row["ftl_samples_per_s"] / row["ref_samples_per_s"], 3)
+if row.get("ftl_peak_alloc_mib") and row.get("ref_peak_alloc_mib"):
+    row["alloc_ratio"] = round(row["ftl_peak_alloc_mib"] / row["ref_peak_alloc_mib"], 3)
+if row["ftl_nvml_mib"] and row["ref_nvml_mib"]:
+    row["nvml_ratio"] = round(row["ftl_nvml_mib"] / row["ref_nvml_mib"], 3)
+print(json.dumps(row), flush=True)
+with open(f"{out}/side_by_side.jsonl", "a") as f:
+    f.write(json.dumps(row) + "\n")
+EOF
+done
