@@ -387,9 +387,19 @@ fn full_fine_tuning_saves_a_hugging_face_model_that_loads_back() {
             .unwrap()
     };
     assert_ne!(w(&trained), w(&base), "full fine-tuning changes the base");
+    // Everything trains: the base the plan counts plus the head (16 × 2 + 2).
     assert_eq!(
         outcome.summary.trainable_parameters,
-        outcome.summary.total_parameters + 16 * 2 + 2
+        plan.runs[0].parameters.base + 16 * 2 + 2
+    );
+    assert_eq!(
+        outcome.summary.total_parameters,
+        outcome.summary.trainable_parameters
+    );
+    // The tiny model is not a stdlib model: its own file is what is hashed.
+    assert_eq!(
+        outcome.summary.sha256["model"],
+        ftl::data::sha256_file(&dir.path().join("tiny/model.safetensors")).unwrap()
     );
 }
 

@@ -151,7 +151,8 @@ pub fn cuda_memory_in_use(device: &burn::backend::cuda::CudaDevice) -> Option<u6
 /// Keeps cubecl's autotune results and compiled kernels in ftl's cache
 /// (`FTL_HOME/cubecl`), so that a second run on the same GPU starts warm
 /// wherever it is launched from. Call before the first CUDA device is made;
-/// a configuration set earlier (a `cubecl.toml`) is left alone.
+/// a configuration set earlier (a `cubecl.toml`) is left alone, and cubecl's
+/// environment variables apply on top.
 #[cfg(feature = "cuda")]
 pub fn use_ftl_kernel_cache() {
     use cubecl::config::cache::CacheConfig;
@@ -169,6 +170,8 @@ pub fn use_ftl_kernel_cache() {
         let mut config = CubeClRuntimeConfig::default();
         config.autotune.cache = CacheConfig::File(root.clone());
         config.compilation.cache = Some(CacheConfig::File(root));
-        CubeClRuntimeConfig::set(config);
+        // cubecl's own environment variables (CUBECL_AUTOTUNE_LEVEL,
+        // CUBECL_DEBUG_LOG, ...) still apply.
+        CubeClRuntimeConfig::set(config.override_from_env());
     });
 }

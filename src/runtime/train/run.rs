@@ -749,11 +749,20 @@ fn execute_on<AB: AutodiffBackend>(
         last.insert(e.split.clone(), e.clone());
     }
     let mut sha256 = BTreeMap::new();
+    // The files actually read are hashed (a cached or local copy may differ
+    // from what the stdlib pins); a difference is said in the notes.
     let weights = resolved.dir.join("model.safetensors");
-    let model_sha = match cfg.model.base.sha256.get("weights") {
-        Some(s) => s.clone(),
-        None => data::sha256_file(&weights).map_err(|e| RuntimeError::io(&weights, "read", &e))?,
-    };
+    let model_sha =
+        data::sha256_file(&weights).map_err(|e| RuntimeError::io(&weights, "read", &e))?;
+    if let Some(pinned) = cfg.model.base.sha256.get("weights")
+        && *pinned != model_sha
+    {
+        notes.push(format!(
+            "the weights read ({}) are not the file the model declaration pins (sha256 {})",
+            weights.display(),
+            pinned
+        ));
+    }
     sha256.insert("model".into(), model_sha);
     for (role, file) in std::iter::once(("train", Some(&cfg.dataset.train))).chain(
         [("eval", &cfg.dataset.eval), ("test", &cfg.dataset.test)]
@@ -769,18 +778,20 @@ fn execute_on<AB: AutodiffBackend>(
             }),
     ) {
         let Some(file) = file else { continue };
-        let sum = match cfg.dataset.sha256.get(role) {
-            Some(s) => s.clone(),
-            None => {
-                let path =
-                    data::resolve(file, &job.project_root, &job.data_search).map_err(|e| {
-                        RuntimeError::Data {
-                            message: e.to_string(),
-                        }
-                    })?;
-                data::sha256_file(&path).map_err(|e| RuntimeError::io(&path, "read", &e))?
+        let path = data::resolve(file, &job.project_root, &job.data_search).map_err(|e| {
+            RuntimeError::Data {
+                message: e.to_string(),
             }
-        };
+        })?;
+        let sum = data::sha256_file(&path).map_err(|e| RuntimeError::io(&path, "read", &e))?;
+        if let Some(pinned) = cfg.dataset.sha256.get(role)
+            && *pinned != sum
+        {
+            notes.push(format!(
+                "the {role} data read ({}) is not the file the dataset declaration pins (sha256 {pinned})",
+                path.display()
+            ));
+        }
         sha256.insert(format!("data.{role}"), sum);
     }
     let mut versions = BTreeMap::new();
@@ -803,7 +814,12 @@ fn execute_on<AB: AutodiffBackend>(
         },
         stability: metrics::stability(&losses, &norms),
         trainable_parameters: trainable,
-        total_parameters: run.parameters.base,
+        // The base encoder plus what was added to it (head, adapters); under
+        // full fine-tuning everything trains, so the trainable count is the total.
+        total_parameters: match cfg.method {
+            Method::Full => trainable,
+            _ => run.parameters.base + trainable,
+        },
         steps: progress.step,
         seed: t.seed,
         device: device_name,
