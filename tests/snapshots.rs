@@ -161,8 +161,9 @@ fn stdlib_modules() {
     }
 }
 
-/// Every `.ft` file in the repository (build output and installed
-/// packages aside), with a snapshot name derived from its path.
+/// Every `.ft` file in the repository (build output, run folders with their
+/// copies of the sources, and installed packages aside), with a snapshot
+/// name derived from its path.
 fn all_ft_files() -> Vec<(String, PathBuf)> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -172,7 +173,7 @@ fn all_ft_files() -> Vec<(String, PathBuf)> {
             let p = e.path();
             let name = e.file_name().to_string_lossy().into_owned();
             if p.is_dir() {
-                if !["target", "node_modules", ".git"].contains(&name.as_str())
+                if !["target", "runs", "node_modules", ".git"].contains(&name.as_str())
                     && !name.starts_with('.')
                 {
                     walk(&p, out);

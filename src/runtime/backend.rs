@@ -84,6 +84,43 @@ pub fn select(
     }
 }
 
+/// Bytes of device memory ftl's tensors occupy on a CUDA device now (the
+/// allocator's `bytes_in_use`; burn keeps no peak, so callers sample it).
+#[cfg(feature = "cuda")]
+pub fn cuda_memory_in_use(device: &burn::backend::cuda::CudaDevice) -> Option<u64> {
+    use cubecl::Runtime;
+    let client = cubecl::cuda::CudaRuntime::client(device);
+    client.memory_usage().ok().map(|m| m.bytes_in_use)
+}
+
+/// Keeps cubecl's autotune results and compiled kernels in ftl's cache
+/// (`FTL_HOME/cubecl`), so that a second run on the same GPU starts warm
+/// wherever it is launched from. Call before the first CUDA device is made;
+/// a configuration set earlier (a `cubecl.toml`) is left alone, and cubecl's
+/// environment variables apply on top.
+#[cfg(feature = "cuda")]
+pub fn use_ftl_kernel_cache() {
+    use cubecl::config::cache::CacheConfig;
+    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if CubeClRuntimeConfig::storage().lock().is_some()
+            || ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"]
+                .iter()
+                .any(|f| std::path::Path::new(f).exists())
+        {
+            return;
+        }
+        let root = crate::data::ftl_home().join("cubecl");
+        let mut config = CubeClRuntimeConfig::default();
+        config.autotune.cache = CacheConfig::File(root.clone());
+        config.compilation.cache = Some(CacheConfig::File(root));
+        // cubecl's own environment variables (CUBECL_AUTOTUNE_LEVEL,
+        // CUBECL_DEBUG_LOG, ...) still apply.
+        CubeClRuntimeConfig::set(config.override_from_env());
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,41 +174,4 @@ mod tests {
         // On a machine without a driver this must be an error, never a panic.
         let _ = cuda_devices();
     }
-}
-
-/// Bytes of device memory ftl's tensors occupy on a CUDA device now (the
-/// allocator's `bytes_in_use`; burn keeps no peak, so callers sample it).
-#[cfg(feature = "cuda")]
-pub fn cuda_memory_in_use(device: &burn::backend::cuda::CudaDevice) -> Option<u64> {
-    use cubecl::Runtime;
-    let client = cubecl::cuda::CudaRuntime::client(device);
-    client.memory_usage().ok().map(|m| m.bytes_in_use)
-}
-
-/// Keeps cubecl's autotune results and compiled kernels in ftl's cache
-/// (`FTL_HOME/cubecl`), so that a second run on the same GPU starts warm
-/// wherever it is launched from. Call before the first CUDA device is made;
-/// a configuration set earlier (a `cubecl.toml`) is left alone, and cubecl's
-/// environment variables apply on top.
-#[cfg(feature = "cuda")]
-pub fn use_ftl_kernel_cache() {
-    use cubecl::config::cache::CacheConfig;
-    use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if CubeClRuntimeConfig::storage().lock().is_some()
-            || ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"]
-                .iter()
-                .any(|f| std::path::Path::new(f).exists())
-        {
-            return;
-        }
-        let root = crate::data::ftl_home().join("cubecl");
-        let mut config = CubeClRuntimeConfig::default();
-        config.autotune.cache = CacheConfig::File(root.clone());
-        config.compilation.cache = Some(CacheConfig::File(root));
-        // cubecl's own environment variables (CUBECL_AUTOTUNE_LEVEL,
-        // CUBECL_DEBUG_LOG, ...) still apply.
-        CubeClRuntimeConfig::set(config.override_from_env());
-    });
 }
