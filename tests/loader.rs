@@ -9,6 +9,17 @@ use ftl::runtime::error::RuntimeError;
 use ftl::runtime::model::loader::expected_tensors;
 use ftl::runtime::model::{load_encoder, load_model_dir};
 
+/// The query projection's weight of layer `layer`, as burn holds it (`[in, out]`).
+fn query_weight(encoder: &ftl::runtime::model::Encoder<Cpu>, layer: usize) -> Vec<f32> {
+    encoder.layers[layer]
+        .attention
+        .query
+        .base_weight()
+        .into_data()
+        .to_vec()
+        .unwrap()
+}
+
 #[test]
 fn loads_every_tensor_and_transposes_linear_weights() {
     for json in [TINY_BERT, TINY_MPNET] {
@@ -34,13 +45,7 @@ fn loads_every_tensor_and_transposes_linear_weights() {
             .iter()
             .position(|t| t.path == "layers.1.attention.query.weight")
             .unwrap();
-        let weight: Vec<f32> = encoder.layers[1]
-            .attention
-            .query
-            .base_weight()
-            .into_data()
-            .to_vec()
-            .unwrap();
+        let weight = query_weight(&encoder, 1);
         let h = config.hidden_size;
         let (out, inp) = (3, 5);
         assert_eq!(weight[inp * h + out], value(index, out * h + inp));
@@ -251,13 +256,7 @@ fn half_precision_checkpoints_are_widened_exactly() {
             .iter()
             .position(|t| t.path == "layers.1.attention.query.weight")
             .unwrap();
-        let weight: Vec<f32> = encoder.layers[1]
-            .attention
-            .query
-            .base_weight()
-            .into_data()
-            .to_vec()
-            .unwrap();
+        let weight = query_weight(&encoder, 1);
         let h = config.hidden_size;
         let (out, inp) = (3, 5);
         let stored = value(index, out * h + inp);
