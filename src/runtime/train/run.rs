@@ -386,10 +386,16 @@ fn execute_on<AB: AutodiffBackend>(
         tokenizer,
         resolved,
     } = load_classifier::<AB>(cfg, &job.project_root, &job.fetch, &device)?;
+    // Shown with --verbose: where the model was found and every place tried.
     observer.event(Event::Notice(format!(
-        "model {} from {}",
+        "model {} from {}{}",
         cfg.model.base.name,
-        resolved.dir.display()
+        resolved.dir.display(),
+        resolved
+            .attempts
+            .iter()
+            .map(|a| format!("\n  {a}"))
+            .collect::<String>()
     )));
     let pad = config.pad_token_id as i64;
     let max_tokens = cfg.dataset.max_tokens as usize;
