@@ -343,7 +343,7 @@ fn fetch_model(model: &str, verbose: bool) -> bool {
             true
         }
         Err(e) => {
-            eprintln!("error[{}]: {e}\nhint: {}", e.code(), e.hint());
+            eprintln!("{}", e.report());
             false
         }
     }

@@ -25,7 +25,7 @@ pub struct Options {
 }
 
 fn fail(e: &RuntimeError) {
-    eprintln!("error[{}]: {e}\nhint: {}", e.code(), e.hint());
+    eprintln!("{}", e.report());
 }
 
 /// Progress on stderr: a live line on a terminal, a line per tenth otherwise.

@@ -572,3 +572,107 @@ fn full_fine_tuning_trains_every_parameter() {
         before.len()
     );
 }
+
+/// `ftl ARGS` run in `dir` with no data search path, no downloads (an empty
+/// FTL_HOME) and no colour: (exit code, stderr with `dir` replaced by `[project]`).
+fn ftl_in(dir: &Path, args: &[&str]) -> (i32, String) {
+    let home = dir.join(".ftl-home");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ftl"))
+        .args(args)
+        .current_dir(dir)
+        .env("FTL_HOME", &home)
+        .env("HF_HOME", &home)
+        .env_remove("FTL_DATA_PATH")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("ftl runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(&*dir.to_string_lossy(), "[project]");
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+/// Files under `dir`, relative, sorted, each with its bytes.
+fn snapshot_files(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.insert(
+                    p.strip_prefix(root).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+#[test]
+fn run_errors_name_the_place_and_the_fix_and_keep_finished_runs() {
+    let _serial = serial();
+    let (dir, _) = project("lora(rank = 4, alpha = 8, dropout = 0.0)", "");
+    let d = dir.path();
+    let (code, stderr) = ftl_in(d, &["run", "toy.ft", "--quiet"]);
+    assert_eq!(code, 0, "{stderr}");
+    let finished = d.join("out/toy/main");
+    let before = snapshot_files(&finished);
+    assert!(before.contains_key(Path::new("summary.json")));
+
+    // The same run name with another configuration does not replace it.
+    let ft = std::fs::read_to_string(d.join("toy.ft")).unwrap();
+    std::fs::write(d.join("toy.ft"), ft.replace("seed = 5", "seed = 6")).unwrap();
+    let (code, stderr) = ftl_in(d, &["run", "toy.ft", "--quiet"]);
+    assert_eq!(code, 1, "{stderr}");
+    // (Plan hashes depend only on the configuration: the same everywhere.)
+    insta::assert_snapshot!("run_error_finished_run_kept", stderr);
+
+    // A row with a label the pipeline does not know: file and line, and the fix.
+    let good_eval = std::fs::read_to_string(d.join("eval.csv")).unwrap();
+    std::fs::write(
+        d.join("eval.csv"),
+        good_eval.replacen(",pos\n", ",maybe\n", 1),
+    )
+    .unwrap();
+    let elsewhere = ["run", "toy.ft", "--quiet", "--output", "elsewhere"];
+    let (code, stderr) = ftl_in(d, &elsewhere);
+    assert_eq!(code, 1, "{stderr}");
+    insta::assert_snapshot!("run_error_bad_row", stderr);
+    std::fs::write(d.join("eval.csv"), &good_eval).unwrap();
+
+    // Weights cut short: the file is named.
+    let weights = d.join("tiny/model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, stderr) = ftl_in(d, &elsewhere);
+    assert_eq!(code, 1, "{stderr}");
+    insta::assert_snapshot!("run_error_corrupt_weights", stderr);
+
+    // No weights at all: every place looked at is listed.
+    std::fs::remove_file(&weights).unwrap();
+    let (code, stderr) = ftl_in(d, &elsewhere);
+    assert_eq!(code, 1, "{stderr}");
+    insta::assert_snapshot!("run_error_missing_model", stderr);
+
+    // None of the failed attempts left a folder behind.
+    let elsewhere_left = std::fs::read_dir(d.join("elsewhere/toy"))
+        .map(|entries| entries.flatten().count())
+        .unwrap_or(0);
+    assert_eq!(elsewhere_left, 0, "failed runs leave nothing behind");
+
+    // A folder that is not a run, for eval and predict.
+    let (code, stderr) = ftl_in(d, &["eval", "tiny", "--data", "eval.csv"]);
+    assert_eq!(code, 1, "{stderr}");
+    insta::assert_snapshot!("eval_error_not_a_run", stderr);
+
+    // The finished run is exactly as it was, and no partial folder is left.
+    assert_eq!(snapshot_files(&finished), before);
+    let left: Vec<String> = std::fs::read_dir(d.join("out/toy"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["main"], "only the finished run remains");
+}

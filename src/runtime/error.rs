@@ -190,6 +190,18 @@ impl RuntimeError {
         }
     }
 
+    /// The error as the command line prints it: `error[CODE]: message`, then
+    /// the hint, unless the message (from the data or run-folder layer)
+    /// already ends with its own, more specific one.
+    pub fn report(&self) -> String {
+        let message = self.to_string();
+        if message.contains("\nhint: ") {
+            format!("error[{}]: {message}", self.code())
+        } else {
+            format!("error[{}]: {message}\nhint: {}", self.code(), self.hint())
+        }
+    }
+
     /// What the user can do about it.
     pub fn hint(&self) -> String {
         match self {

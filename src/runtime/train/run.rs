@@ -367,6 +367,10 @@ fn execute_on<AB: AutodiffBackend>(
                 message: e.to_string(),
             }
         })?;
+    let mut cleanup = DiscardUnlessResumable {
+        work: rundir.work.clone(),
+        armed: true,
+    };
 
     // Data.
     let loaded = data::load(&cfg.dataset, &job.project_root, &job.data_search).map_err(|e| {
@@ -837,7 +841,26 @@ fn execute_on<AB: AutodiffBackend>(
     let dir = rundir.finish(&summary).map_err(|e| RuntimeError::RunDir {
         message: e.to_string(),
     })?;
+    cleanup.armed = false;
     Ok(Outcome { dir, summary })
+}
+
+/// Removes a run's working folder when the run fails before it saved a
+/// checkpoint (bad data, a broken model, a panic): nothing in it could be
+/// resumed, and leaving it would make the next attempt stop at "an
+/// interrupted run". A folder with a checkpoint (Ctrl-C, a failure after
+/// one was saved) stays for `ftl run --resume`.
+struct DiscardUnlessResumable {
+    work: PathBuf,
+    armed: bool,
+}
+
+impl Drop for DiscardUnlessResumable {
+    fn drop(&mut self) {
+        if self.armed && !self.work.join("checkpoint.safetensors").is_file() {
+            let _ = std::fs::remove_dir_all(&self.work);
+        }
+    }
 }
 
 /// Saves what a run trained: PEFT adapters plus the head under `adapter/`,
