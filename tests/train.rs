@@ -676,3 +676,97 @@ fn run_errors_name_the_place_and_the_fix_and_keep_finished_runs() {
         .collect();
     assert_eq!(left, ["main"], "only the finished run remains");
 }
+
+/// `ftl ARGS` in `dir`: (exit code, stdout), asserting it succeeded.
+fn ftl_ok(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ftl"))
+        .args(args)
+        .current_dir(dir)
+        .env("FTL_HOME", dir.join(".ftl-home"))
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("ftl runs");
+    assert!(
+        out.status.success(),
+        "ftl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn eval_predict_and_merge_from_the_command_line() {
+    let _serial = serial();
+    let (dir, _) = project("lora(rank = 4, alpha = 8, dropout = 0.0)", "");
+    let d = dir.path();
+    ftl_ok(d, &["run", "toy.ft", "--quiet"]);
+    let run = "out/toy/main";
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join(run).join("summary.json")).unwrap())
+            .unwrap();
+
+    // `eval --json` on the pipeline's own eval file reproduces the run's figures.
+    let eval: serde_json::Value =
+        serde_json::from_str(&ftl_ok(d, &["eval", run, "--data", "eval.csv", "--json"])).unwrap();
+    let last = &summary["evaluations"][0];
+    assert_eq!(eval["examples"], 64);
+    assert!((eval["accuracy"].as_f64().unwrap() - last["accuracy"].as_f64().unwrap()).abs() < 1e-9);
+    assert!((eval["macro_f1"].as_f64().unwrap() - last["macro_f1"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(eval["accuracy"].as_f64().unwrap() > 0.8, "{eval}");
+
+    // `predict --json --file`: one line per text, a label and probabilities
+    // summing to 1, and the labels agree with what `eval` scored.
+    let eval_csv = std::fs::read_to_string(d.join("eval.csv")).unwrap();
+    let rows: Vec<(&str, &str)> = eval_csv
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit_once(',').unwrap())
+        .collect();
+    let texts: String = rows.iter().map(|(t, _)| format!("{t}\n")).collect();
+    std::fs::write(d.join("texts.txt"), texts).unwrap();
+    let out = ftl_ok(d, &["predict", run, "--file", "texts.txt", "--json"]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), rows.len());
+    let mut correct = 0;
+    for (line, (text, label)) in lines.iter().zip(&rows) {
+        assert_eq!(line["text"], *text);
+        correct += usize::from(line["label"] == *label);
+        let total: f64 = line["probabilities"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_f64().unwrap())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-5, "{line}");
+    }
+    assert_eq!(
+        correct as f64 / rows.len() as f64,
+        eval["accuracy"].as_f64().unwrap(),
+        "predict and eval disagree"
+    );
+    // Texts as arguments, in the plain format: label, probability, text.
+    let plain = ftl_ok(d, &["predict", run, rows[0].0, rows[1].0]);
+    assert_eq!(plain.lines().count(), 2);
+    assert!(
+        plain.starts_with(&format!("{}\t", lines[0]["label"].as_str().unwrap())),
+        "{plain}"
+    );
+
+    // `merge`: a plain HF model folder (weights with the adapters folded in,
+    // config, tokenizer, head) that the loader takes as any other model.
+    ftl_ok(d, &["merge", run, "--output", "merged"]);
+    for file in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "head.safetensors",
+    ] {
+        assert!(d.join("merged").join(file).is_file(), "merged/{file}");
+    }
+    let config = common::config(common::TINY_BERT);
+    load_encoder::<Cpu>(&d.join("merged/model.safetensors"), &config, &cpu_device())
+        .expect("the merged model is a valid HF BERT");
+}
