@@ -615,7 +615,15 @@ fn run_errors_name_the_place_and_the_fix_and_keep_finished_runs() {
     let _serial = serial();
     let (dir, _) = project("lora(rank = 4, alpha = 8, dropout = 0.0)", "");
     let d = dir.path();
-    let (code, stderr) = ftl_in(d, &["run", "toy.ft", "--quiet"]);
+    // `--only` that selects nothing is an error, before anything is loaded.
+    let (code, stderr) = ftl_in(d, &["run", "toy.ft", "--only", "nothing"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("no run's name contains `nothing`"),
+        "{stderr}"
+    );
+    assert!(!d.join("out").exists());
+    let (code, stderr) = ftl_in(d, &["run", "toy.ft", "--quiet", "--only", "toy/ma"]);
     assert_eq!(code, 0, "{stderr}");
     let finished = d.join("out/toy/main");
     let before = snapshot_files(&finished);
