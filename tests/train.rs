@@ -778,3 +778,39 @@ fn eval_predict_and_merge_from_the_command_line() {
     load_encoder::<Cpu>(&d.join("merged/model.safetensors"), &config, &cpu_device())
         .expect("the merged model is a valid HF BERT");
 }
+
+#[test]
+fn a_run_that_asks_for_bf16_says_it_computed_in_fp32() {
+    let _serial = serial();
+    // QLoRA's dequantized compute defaults to bf16; precision is set here too.
+    let (dir, plan) = project(
+        "qlora(rank = 4, alpha = 8, dropout = 0.0)",
+        "train.precision = bf16",
+    );
+    let mut notices = Vec::new();
+    struct Collect<'a>(&'a mut Vec<String>);
+    impl Observer for Collect<'_> {
+        fn event(&mut self, event: Event<'_>) {
+            if let Event::Notice(n) = event {
+                self.0.push(n);
+            }
+        }
+    }
+    let outcome = execute(
+        &job(dir.path(), &plan, "out", false),
+        &mut Collect(&mut notices),
+        &AtomicBool::new(false),
+    )
+    .expect("the run finishes");
+    for field in ["train.precision", "quantize.compute"] {
+        let said = format!("{field} = bf16 is not implemented yet");
+        assert!(
+            outcome.summary.notes.iter().any(|n| n.starts_with(&said)),
+            "{:?}",
+            outcome.summary.notes
+        );
+        assert!(notices.iter().any(|n| n.contains(&said)), "{notices:?}");
+    }
+    let report = std::fs::read_to_string(outcome.dir.join("report.md")).unwrap();
+    assert!(report.contains("train.precision = bf16 is not implemented yet"));
+}

@@ -431,12 +431,18 @@ fn execute_on<AB: AutodiffBackend>(
         peak_memory_bytes: None,
     };
     let mut notes = Vec::new();
-    if cfg.train.precision == Precision::Bf16 {
-        // Said in the run's output and its report: a reader comparing runs
-        // must not assume half-precision compute that did not happen.
-        let note = "precision = bf16 is not implemented yet: this run computed in fp32 \
-                    (TF32 matrix products on CUDA)"
-            .to_string();
+    // Said in the run's output and its report: a reader comparing runs must
+    // not assume half-precision compute that did not happen.
+    let bf16_asked = [
+        (cfg.train.precision == Precision::Bf16).then_some("train.precision"),
+        (matches!(cfg.method, Method::Qlora(_)) && cfg.quantize.compute == Precision::Bf16)
+            .then_some("quantize.compute"),
+    ];
+    for field in bf16_asked.into_iter().flatten() {
+        let note = format!(
+            "{field} = bf16 is not implemented yet: this run computed in fp32 \
+             (TF32 matrix products on CUDA)"
+        );
         observer.event(Event::Notice(format!("{}: {note}", run.name)));
         notes.push(note);
     }
