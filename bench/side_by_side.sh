@@ -10,6 +10,9 @@
 #   REFERENCE      pytorch_reference.py (../shared/bench/pytorch_reference.py)
 #   OUT            where results go
 #   STEPS          optimizer steps per run (default 200, as bench/pipelines/speed.ft)
+#   PIPELINE       ftl's side (default bench/pipelines/speed.ft; its sweep
+#                  must name runs speed/CONFIG)
+#   PRECISION      the reference's precision (default bf16)
 #   RANDOM_MODELS  models whose weights are random on both sides (default: mpnet_base)
 #   RUNS           where ftl's run folders go (default: a fresh temporary folder;
 #                  a configuration run again replaces its earlier run there)
@@ -55,7 +58,7 @@ for config in "${configs[@]}"; do
   # ftl (a finished run is kept, not retrained: clear it so a repeat measures)
   rm -rf "${runs:?}/speed/$config"
   start=$(date +%s.%N)
-  "$FTL" run "$here/pipelines/speed.ft" --only "speed/$config" --output "$runs" --json --quiet \
+  "$FTL" run "${PIPELINE:-$here/pipelines/speed.ft}" --only "speed/$config" --output "$runs" --json --quiet \
     >"$OUT/ftl-$config.json" 2>"$OUT/ftl-$config.err" &
   pid=$!
   ftl_nvml=$(nvml_peak $pid)
@@ -69,7 +72,7 @@ for config in "${configs[@]}"; do
 
   # PyTorch
   python3 "$REFERENCE" --model-dir "$dir" --data-dir "$FTL_DATA_PATH/sst2" --methods "$method" \
-    --steps "$steps" $random --out "$OUT/ref-$config.json" >"$OUT/ref-$config.log" 2>&1 &
+    --steps "$steps" --precision "${PRECISION:-bf16}" $random --out "$OUT/ref-$config.json" >"$OUT/ref-$config.log" 2>&1 &
   pid=$!
   ref_nvml=$(nvml_peak $pid)
   wait $pid

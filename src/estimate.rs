@@ -124,17 +124,33 @@ pub fn estimate(config: &RunConfig) -> MemoryEstimate {
         d.heads as u64,
         d.layers as u64,
     );
-    let elem = if bf16 { 2 } else { 4 };
-    // Per layer, kept for backward: inputs of the four projections and their
-    // outputs (q, k, v, context), attention scores and probabilities,
-    // two layer-norm inputs, the feed-forward input and inner activation.
-    let per_layer = b * s * (10 * h + 2 * i) * elem + 2 * b * heads * s * s * elem;
-    let dequant = if config.quantize.format != QuantFormat::None {
-        h * i * 4
+    let linear = l * (4 * h * h + 2 * h * i);
+    let packed = config.quantize.format != QuantFormat::None;
+    let packed_half = packed && config.quantize.compute == Precision::Bf16;
+    // Kept for the backward pass, per token of a layer. fp32: the inputs of
+    // the projections, q, k, v and the context, two dropout masks, two
+    // LayerNorm inputs (40·h bytes), GELU's input and output (8·i), and per
+    // head and key the softmax output, its dropout mask and the dropped
+    // probabilities (12). bf16 products keep bf16 copies of what the products
+    // read (the shared q/k/v input, q, k, v, the context, the feed-forward
+    // input, GELU's output, the dropped probabilities) and f32 the rest.
+    let per_layer = if bf16 {
+        b * s * (28 * h + 6 * i) + b * heads * s * s * 10
+    } else {
+        b * s * (40 * h + 8 * i) + b * heads * s * s * 12
+    };
+    // A product's backward pass also needs its weight: under bf16 a bf16 copy
+    // of every linear weight lives until then; a packed base in fp32 keeps its
+    // dequantized f32 weights; in bf16 those are bf16 copies, and only one f32
+    // dequantized weight (the largest) exists at a time.
+    let weight_copies = if bf16 || packed_half {
+        linear * 2 + if packed { h * i * 4 } else { 0 }
+    } else if packed {
+        linear * 4
     } else {
         0
     };
-    let activations = l * per_layer + b * s * h * 4 + dequant;
+    let activations = l * per_layer + b * s * h * 4 + weight_copies;
     let workspace = 64 * 1024 * 1024;
     let total = weights + gradients + optimizer + activations + workspace;
     MemoryEstimate {

@@ -573,6 +573,94 @@ fn full_fine_tuning_trains_every_parameter() {
     );
 }
 
+/// bf16 products: the forward pass tracks fp32 closely without being fp32,
+/// gradients reach the f32 master weights as f32, and training moves them.
+#[test]
+fn bf16_products_track_fp32_and_keep_f32_master_weights() {
+    let _serial = serial();
+    let device = cpu_device();
+    let fp32 = classifier(&Method::Full, &no_quant());
+    let half = fp32.clone().compute_in_half(true, false);
+    let ids = Tensor::<Train, 2, Int>::from_data(
+        TensorData::new(vec![2i64, 5, 6, 7, 3, 2, 9, 3, 0, 0], [2, 5]),
+        &device,
+    );
+    let mask = ids.clone().not_equal_elem(0).int();
+    let targets = Tensor::<Train, 1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
+    let run = |m: &Classifier<Train>| {
+        // The same dropout masks for both.
+        <Train as burn::tensor::backend::Backend>::seed(&device, 7);
+        let logits = m.forward(ids.clone(), mask.clone());
+        assert_eq!(logits.dtype(), burn::tensor::DType::F32, "logits are f32");
+        let loss = CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(logits.clone(), targets.clone());
+        let grads = loss.backward();
+        let weight = m.encoder.layers[0].attention.query.weight.as_ref().unwrap();
+        let grad = weight
+            .grad(&grads)
+            .expect("the query weight has a gradient");
+        assert_eq!(
+            grad.dtype(),
+            burn::tensor::DType::F32,
+            "the gradient is f32"
+        );
+        let logits: Vec<f32> = logits.inner().into_data().to_vec().unwrap();
+        let grad: Vec<f32> = grad.into_data().to_vec().unwrap();
+        (logits, grad)
+    };
+    let (logits32, grad32) = run(&fp32);
+    let (logits16, grad16) = run(&half);
+    let diff = logits32
+        .iter()
+        .zip(&logits16)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(diff > 0.0, "bf16 products give different rounding");
+    assert!(diff < 2e-2, "logits differ by {diff}");
+    let dot: f32 = grad32.iter().zip(&grad16).map(|(a, b)| a * b).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let cosine = dot / (norm(&grad32) * norm(&grad16));
+    assert!(cosine > 0.99, "gradient cosine {cosine}");
+
+    let before = values(&half);
+    let trained = train_steps(half);
+    let weight = trained.encoder.layers[1]
+        .feed_forward
+        .output
+        .weight
+        .as_ref();
+    assert_eq!(weight.unwrap().val().dtype(), burn::tensor::DType::F32);
+    let after = values(&trained);
+    let changed = before.iter().filter(|(k, v)| after[*k] != **v).count();
+    assert!(changed > before.len() * 9 / 10, "{changed} changed");
+    assert!(after.values().flatten().all(|v| v.is_finite()));
+}
+
+/// QLoRA's `quantize.compute = bf16` alone: only packed layers use bf16.
+#[test]
+fn qlora_compute_dtype_applies_to_the_packed_layers_only() {
+    let quantize = Quantize {
+        format: QuantFormat::Nf4,
+        block_size: 64,
+        double_quant: false,
+        compute: Precision::Bf16,
+    };
+    let lora_q = Lora {
+        targets: vec!["query".into()],
+        ..lora()
+    };
+    let model = classifier(&Method::Lora(lora_q), &no_quant()).compute_in_half(false, true);
+    assert!(!model.encoder.layers[0].attention.query.half);
+    let model = classifier(&Method::Qlora(lora()), &quantize).compute_in_half(false, true);
+    for layer in &model.encoder.layers {
+        assert!(layer.attention.query.half && layer.feed_forward.output.half);
+        assert!(!layer.attention.half, "attention products stay fp32");
+    }
+    let trained = train_steps(model);
+    assert!(values(&trained).values().flatten().all(|v| v.is_finite()));
+}
+
 /// `ftl ARGS` run in `dir` with no data search path, no downloads (an empty
 /// FTL_HOME) and no colour: (exit code, stderr with `dir` replaced by `[project]`).
 fn ftl_in(dir: &Path, args: &[&str]) -> (i32, String) {
@@ -781,7 +869,7 @@ fn eval_predict_and_merge_from_the_command_line() {
 }
 
 #[test]
-fn a_run_that_asks_for_bf16_says_it_computed_in_fp32() {
+fn a_cpu_run_that_asks_for_bf16_says_it_computed_in_fp32() {
     let _serial = serial();
     // QLoRA's dequantized compute defaults to bf16; precision is set here too.
     let (dir, plan) = project(
@@ -804,7 +892,7 @@ fn a_run_that_asks_for_bf16_says_it_computed_in_fp32() {
     )
     .expect("the run finishes");
     for field in ["train.precision", "quantize.compute"] {
-        let said = format!("{field} = bf16 is not implemented yet");
+        let said = format!("{field} = bf16 applies on CUDA only");
         assert!(
             outcome.summary.notes.iter().any(|n| n.starts_with(&said)),
             "{:?}",
@@ -813,5 +901,5 @@ fn a_run_that_asks_for_bf16_says_it_computed_in_fp32() {
         assert!(notices.iter().any(|n| n.contains(&said)), "{notices:?}");
     }
     let report = std::fs::read_to_string(outcome.dir.join("report.md")).unwrap();
-    assert!(report.contains("train.precision = bf16 is not implemented yet"));
+    assert!(report.contains("train.precision = bf16 applies on CUDA only"));
 }

@@ -11,7 +11,7 @@ use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
-use crate::runtime::model::projection::Projection;
+use crate::runtime::model::projection::{Projection, to_full, to_half};
 
 /// Configuration of [`SelfAttention`].
 #[derive(Config, Debug)]
@@ -46,6 +46,9 @@ pub struct SelfAttention<B: Backend> {
     attention_dropout: Dropout,
     hidden_dropout: Dropout,
     num_heads: usize,
+    /// Products (projections and both attention products) in bf16; softmax,
+    /// LayerNorm and the residual stay f32.
+    pub half: bool,
 }
 
 impl SelfAttentionConfig {
@@ -63,6 +66,7 @@ impl SelfAttentionConfig {
             attention_dropout: DropoutConfig::new(self.attention_dropout).init(),
             hidden_dropout: DropoutConfig::new(self.hidden_dropout).init(),
             num_heads: self.num_heads,
+            half: false,
         }
     }
 }
@@ -78,19 +82,39 @@ impl<B: Backend> SelfAttention<B> {
             x.reshape([batch, seq, self.num_heads, head_dim])
                 .swap_dims(1, 2)
         };
-        let query = heads(self.query.forward(hidden.clone()));
-        let key = heads(self.key.forward(hidden.clone()));
-        let value = heads(self.value.forward(hidden.clone()));
+        let (query, key, value) = if self.half {
+            // One bf16 copy of the input serves all three projections.
+            let half = to_half(hidden.clone());
+            let project = |p: &Projection<B>| {
+                to_half(heads(p.forward_with_half(hidden.clone(), half.clone())))
+            };
+            (
+                project(&self.query),
+                project(&self.key),
+                project(&self.value),
+            )
+        } else {
+            (
+                heads(self.query.forward(hidden.clone())),
+                heads(self.key.forward(hidden.clone())),
+                heads(self.value.forward(hidden.clone())),
+            )
+        };
 
-        let scores = query
-            .matmul(key.swap_dims(2, 3))
-            .div_scalar((head_dim as f64).sqrt())
-            + bias;
-        let probs = self.attention_dropout.forward(softmax(scores, 3));
-        let context = probs
-            .matmul(value)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, d_model]);
+        let mut scores = query.matmul(key.swap_dims(2, 3));
+        if self.half {
+            scores = to_full(scores);
+        }
+        let scores = scores.div_scalar((head_dim as f64).sqrt()) + bias;
+        let mut probs = self.attention_dropout.forward(softmax(scores, 3));
+        if self.half {
+            probs = to_half(probs);
+        }
+        let mut context = probs.matmul(value);
+        if self.half {
+            context = to_full(context);
+        }
+        let context = context.swap_dims(1, 2).reshape([batch, seq, d_model]);
 
         let projected = self.hidden_dropout.forward(self.output.forward(context));
         self.layer_norm.forward(projected + hidden)

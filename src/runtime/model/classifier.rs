@@ -76,6 +76,17 @@ impl<B: Backend> Classifier<B> {
         Ok(self)
     }
 
+    /// Chooses bf16 products: everywhere in the encoder (`all`), or only in
+    /// the layers whose base is packed (`packed`, QLoRA's compute dtype).
+    /// Weights stay f32; embeddings, LayerNorm, softmax and the head stay f32.
+    pub fn compute_in_half(mut self, all: bool, packed: bool) -> Self {
+        for layer in &mut self.encoder.layers {
+            layer.attention.half = all;
+            for_each_projection(layer, |p| p.half = all || (packed && p.packed.is_some()));
+        }
+        self
+    }
+
     /// Folds every adapter into its base weight (dequantizing packed bases).
     pub fn merged(mut self) -> Self {
         for layer in &mut self.encoder.layers {
@@ -116,6 +127,7 @@ impl<B: Backend> Projection<B> {
             packed: None,
             bias: None,
             adapter: None,
+            half: false,
         }
     }
 }

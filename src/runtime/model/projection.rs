@@ -16,10 +16,18 @@
 //!   a fresh adapter leaves the output unchanged, as in the LoRA paper and
 //!   PEFT (`LoraLayer.reset_lora_parameters`). burn's `A` is the transpose of
 //!   PEFT's `lora_A.weight` (`[r, d_in]`), `B` of `lora_B.weight`.
+//!
+//! **bf16 compute** (`half`): the products run on bf16 copies of the input and
+//! of the (f32 or dequantized) weight, accumulate in f32 inside the kernel,
+//! and come back as f32 before the bias is added. Weights, their gradients
+//! and the optimizer stay f32 (the master copy): the bf16 copies exist only
+//! for the step, as under PyTorch's autocast. The backward pass of a cast
+//! casts the gradient back, so an f32 parameter gets an f32 gradient.
 
 use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
+use burn::tensor::FloatDType;
 
 use crate::config::QuantFormat;
 use crate::quant::{self, NF4, Scales};
@@ -35,6 +43,18 @@ pub struct Projection<B: Backend> {
     pub bias: Option<Param<Tensor<B, 1>>>,
     /// LoRA adapter, when the layer is adapted.
     pub adapter: Option<Adapter<B>>,
+    /// Products in bf16 (see the module documentation).
+    pub half: bool,
+}
+
+/// `x` as bf16, for a product.
+pub fn to_half<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.cast(FloatDType::BF16)
+}
+
+/// A bf16 result back in f32.
+pub fn to_full<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.cast(FloatDType::F32)
 }
 
 /// Settings of a LoRA adapter.
@@ -120,6 +140,21 @@ impl<B: Backend> Adapter<B> {
             .mul_scalar(self.scale)
     }
 
+    /// [`Adapter::forward`] with bf16 products. `half_input` is `input` as
+    /// bf16, reused when there is no dropout to apply first.
+    fn forward_half(&self, input: Tensor<B, 3>, half_input: Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = if self.dropout.prob > 0.0 && B::ad_enabled(&input.device()) {
+            to_half(self.dropout.forward(input))
+        } else {
+            half_input
+        };
+        to_full(
+            x.matmul(to_half(self.a.val()).unsqueeze())
+                .matmul(to_half(self.b.val()).unsqueeze()),
+        )
+        .mul_scalar(self.scale)
+    }
+
     /// α / r.
     pub fn scale(&self) -> f64 {
         self.scale
@@ -144,6 +179,7 @@ impl<B: Backend> Projection<B> {
             packed: None,
             bias: bias.map(Param::from_tensor),
             adapter: None,
+            half: false,
         }
     }
 
@@ -164,12 +200,29 @@ impl<B: Backend> Projection<B> {
 
     /// input `[batch, seq, d_in]` → `[batch, seq, d_out]`.
     pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
+        if self.half {
+            let half = to_half(input.clone());
+            return self.forward_with_half(input, half);
+        }
         let mut out = input.clone().matmul(self.base_weight().unsqueeze());
         if let Some(bias) = &self.bias {
             out = out + bias.val().unsqueeze();
         }
         if let Some(adapter) = &self.adapter {
             out = out + adapter.forward(input);
+        }
+        out
+    }
+
+    /// [`Projection::forward`] in bf16 given the input in both precisions
+    /// (layers that read the same input cast it once).
+    pub fn forward_with_half(&self, input: Tensor<B, 3>, half: Tensor<B, 3>) -> Tensor<B, 3> {
+        let mut out = to_full(half.clone().matmul(to_half(self.base_weight()).unsqueeze()));
+        if let Some(bias) = &self.bias {
+            out = out + bias.val().unsqueeze();
+        }
+        if let Some(adapter) = &self.adapter {
+            out = out + adapter.forward_half(input, half);
         }
         out
     }

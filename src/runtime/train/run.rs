@@ -107,9 +107,15 @@ pub fn execute(
         observer.event(Event::Notice(n));
     }
     match target {
-        Target::Cpu => {
-            execute_on::<Autodiff<Cpu>>(job, cpu_device(), "cpu".into(), &|| None, observer, stop)
-        }
+        Target::Cpu => execute_on::<Autodiff<Cpu>>(
+            job,
+            cpu_device(),
+            "cpu".into(),
+            Shaping::CPU,
+            &|| None,
+            observer,
+            stop,
+        ),
         #[cfg(feature = "cuda")]
         Target::Cuda(n) => {
             backend::use_ftl_kernel_cache();
@@ -119,6 +125,7 @@ pub fn execute(
                 job,
                 device,
                 format!("cuda:{n}"),
+                Shaping::CUDA,
                 &move || backend::cuda_memory_in_use(&sample),
                 observer,
                 stop,
@@ -130,6 +137,29 @@ pub fn execute(
             reason: "this ftl was built without CUDA".into(),
         }),
     }
+}
+
+/// How a device wants work shaped.
+#[derive(Clone, Copy, Debug)]
+struct Shaping {
+    /// Pad every batch to `dataset.max_tokens`. CUDA compiles and autotunes
+    /// kernels per tensor shape, so one sequence length means paying that
+    /// cost once; on the CPU padding is only wasted work.
+    fixed_length: bool,
+    /// bf16 products are available (`train.precision = bf16`).
+    half: bool,
+}
+
+impl Shaping {
+    const CPU: Shaping = Shaping {
+        fixed_length: false,
+        half: false,
+    };
+    #[cfg(feature = "cuda")]
+    const CUDA: Shaping = Shaping {
+        fixed_length: true,
+        half: true,
+    };
 }
 
 fn devices() -> Result<u32, String> {
@@ -213,16 +243,21 @@ pub fn tokenize_all(tokenizer: &TextTokenizer, texts: &[&str]) -> RuntimeResult<
     Ok(out)
 }
 
-/// Ids and mask `[batch, seq]` of `rows`, padded to a multiple of 16; and
-/// the number of real tokens.
+/// Ids and mask `[batch, seq]` of `rows`, padded to a multiple of 16 (or,
+/// with `fixed_length`, to `max_tokens`); and the number of real tokens.
 pub fn batch_tensors<B: Backend>(
     rows: &[&[i64]],
     pad: i64,
     max_tokens: usize,
+    fixed_length: bool,
     device: &B::Device,
 ) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, usize) {
     let longest = rows.iter().map(|r| r.len()).max().unwrap_or(1);
-    let seq = batch::padded_length(longest, max_tokens.max(longest));
+    let seq = if fixed_length {
+        max_tokens.max(longest)
+    } else {
+        batch::padded_length(longest, max_tokens.max(longest))
+    };
     let mut ids = Vec::with_capacity(rows.len() * seq);
     let mut mask = Vec::with_capacity(rows.len() * seq);
     let mut tokens = 0;
@@ -249,6 +284,7 @@ pub fn predict<B: Backend>(
     batch_size: usize,
     pad: i64,
     max_tokens: usize,
+    fixed_length: bool,
     device: &B::Device,
 ) -> (Vec<u32>, Vec<Vec<f32>>) {
     let mut order: Vec<usize> = (0..tokens.len()).collect();
@@ -257,7 +293,7 @@ pub fn predict<B: Backend>(
     let mut probabilities = vec![Vec::new(); tokens.len()];
     for chunk in order.chunks(batch_size.max(1)) {
         let rows: Vec<&[i64]> = chunk.iter().map(|&i| tokens[i].as_slice()).collect();
-        let (ids, mask, _) = batch_tensors::<B>(&rows, pad, max_tokens, device);
+        let (ids, mask, _) = batch_tensors::<B>(&rows, pad, max_tokens, fixed_length, device);
         let logits = model.forward(ids, mask);
         let [n, classes] = logits.dims();
         let probs: Vec<f32> = burn::tensor::activation::softmax(logits, 1)
@@ -291,9 +327,18 @@ pub fn evaluate<B: Backend>(
     batch_size: usize,
     pad: i64,
     max_tokens: usize,
+    fixed_length: bool,
     device: &B::Device,
 ) -> (Evaluation, Vec<u32>) {
-    let (predicted, _) = predict(model, tokens, batch_size, pad, max_tokens, device);
+    let (predicted, _) = predict(
+        model,
+        tokens,
+        batch_size,
+        pad,
+        max_tokens,
+        fixed_length,
+        device,
+    );
     let confusion = Confusion::new(labels, &predicted, classes);
     (
         Evaluation {
@@ -347,6 +392,7 @@ fn execute_on<AB: AutodiffBackend>(
     job: &Job,
     device: AB::Device,
     device_name: String,
+    shaping: Shaping,
     memory: &dyn Fn() -> Option<u64>,
     observer: &mut dyn Observer,
     stop: &AtomicBool,
@@ -433,18 +479,23 @@ fn execute_on<AB: AutodiffBackend>(
     let mut notes = Vec::new();
     // Said in the run's output and its report: a reader comparing runs must
     // not assume half-precision compute that did not happen.
-    let bf16_asked = [
-        (cfg.train.precision == Precision::Bf16).then_some("train.precision"),
-        (matches!(cfg.method, Method::Qlora(_)) && cfg.quantize.compute == Precision::Bf16)
-            .then_some("quantize.compute"),
-    ];
-    for field in bf16_asked.into_iter().flatten() {
-        let note = format!(
-            "{field} = bf16 is not implemented yet: this run computed in fp32 \
-             (TF32 matrix products on CUDA)"
-        );
-        observer.event(Event::Notice(format!("{}: {note}", run.name)));
-        notes.push(note);
+    let all_half = cfg.train.precision == Precision::Bf16;
+    let packed_half =
+        matches!(cfg.method, Method::Qlora(_)) && cfg.quantize.compute == Precision::Bf16;
+    if shaping.half {
+        model = model.compute_in_half(all_half, packed_half);
+    } else {
+        let asked = [
+            all_half.then_some("train.precision"),
+            packed_half.then_some("quantize.compute"),
+        ];
+        for field in asked.into_iter().flatten() {
+            let note = format!(
+                "{field} = bf16 applies on CUDA only: this run computed in fp32 on the CPU"
+            );
+            observer.event(Event::Notice(format!("{}: {note}", run.name)));
+            notes.push(note);
+        }
     }
     if resuming {
         let (m, p) = state::load_checkpoint::<AB, _>(&checkpoint, model, &mut optimizer, &device)?;
@@ -524,6 +575,7 @@ fn execute_on<AB: AutodiffBackend>(
                 bs * 2,
                 pad,
                 max_tokens,
+                shaping.fixed_length,
                 &device,
             );
             observer.event(Event::Evaluated(&e));
@@ -552,7 +604,8 @@ fn execute_on<AB: AutodiffBackend>(
             for (k, idx) in group.iter().enumerate() {
                 AB::seed(&device, mix(t.seed, progress.step, k as u64));
                 let rows: Vec<&[i64]> = idx.iter().map(|&i| train_tokens[i].as_slice()).collect();
-                let (ids, mask, n) = batch_tensors::<AB>(&rows, pad, max_tokens, &device);
+                let (ids, mask, n) =
+                    batch_tensors::<AB>(&rows, pad, max_tokens, shaping.fixed_length, &device);
                 tokens += n;
                 let targets = Tensor::<AB, 1, Int>::from_data(
                     TensorData::new(labels_of(idx), [idx.len()]),
@@ -1022,6 +1075,7 @@ pub fn eval_file(
         64,
         trained.loaded.config.pad_token_id as i64,
         cfg.dataset.max_tokens as usize,
+        false,
         &device,
     );
     Ok(e)
@@ -1044,6 +1098,7 @@ pub fn predict_texts(
         64,
         trained.loaded.config.pad_token_id as i64,
         cfg.dataset.max_tokens as usize,
+        false,
         &device,
     );
     Ok(predicted
