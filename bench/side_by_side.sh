@@ -13,6 +13,7 @@
 #   PIPELINE       ftl's side (default bench/pipelines/speed.ft; its sweep
 #                  must name runs speed/CONFIG)
 #   PRECISION      the reference's precision (default bf16)
+#   SKIP_REFERENCE set to 1 to run ftl alone (a second, warm pass)
 #   RANDOM_MODELS  models whose weights are random on both sides (default: mpnet_base)
 #   RUNS           where ftl's run folders go (default: a fresh temporary folder;
 #                  a configuration run again replaces its earlier run there)
@@ -56,7 +57,7 @@ for config in "${configs[@]}"; do
   case " ${RANDOM_MODELS:-mpnet_base} " in *" $model "*) random=--random-init ;; esac
 
   # ftl (a finished run is kept, not retrained: clear it so a repeat measures)
-  rm -rf "${runs:?}/speed/$config"
+  rm -rf "${runs:?}/speed/$config" "$runs/speed/.$config.partial"
   start=$(date +%s.%N)
   "$FTL" run "${PIPELINE:-$here/pipelines/speed.ft}" --only "speed/$config" --output "$runs" --json --quiet \
     >"$OUT/ftl-$config.json" 2>"$OUT/ftl-$config.err" &
@@ -71,12 +72,16 @@ for config in "${configs[@]}"; do
   cp "$runs/speed/$config/summary.json" "$OUT/ftl-$config.summary.json" 2>/dev/null
 
   # PyTorch
-  python3 "$REFERENCE" --model-dir "$dir" --data-dir "$FTL_DATA_PATH/sst2" --methods "$method" \
-    --steps "$steps" --precision "${PRECISION:-bf16}" $random --out "$OUT/ref-$config.json" >"$OUT/ref-$config.log" 2>&1 &
-  pid=$!
-  ref_nvml=$(nvml_peak $pid)
-  wait $pid
-  ref_rc=$?
+  ref_nvml=0 ref_rc=0
+  if [ "${SKIP_REFERENCE:-0}" != 1 ]; then
+    python3 "$REFERENCE" --model-dir "$dir" --data-dir "$FTL_DATA_PATH/sst2" --methods "$method" \
+      --steps "$steps" --precision "${PRECISION:-bf16}" $random --out "$OUT/ref-$config.json" \
+      >"$OUT/ref-$config.log" 2>&1 &
+    pid=$!
+    ref_nvml=$(nvml_peak $pid)
+    wait $pid
+    ref_rc=$?
+  fi
 
   python3 - "$OUT" "$config" "$ftl_nvml" "$ref_nvml" "$ftl_rc" "$ref_rc" "$ftl_wall" <<'EOF'
 import json, sys, os
