@@ -155,3 +155,35 @@ fn config_errors_name_the_field() {
         "R003"
     );
 }
+
+/// `model.dropout` reaches every dropout of the encoder: at 0 a training-mode
+/// forward pass no longer depends on the random stream; at 0.5 it does.
+#[test]
+fn encoder_dropout_can_be_set_for_the_whole_encoder() {
+    type Train = burn::backend::Autodiff<Cpu>;
+    let device = cpu_device();
+    let ids = Tensor::<Train, 2, Int>::from_data(
+        TensorData::new(vec![2i64, 5, 7, 3, 2, 9, 3, 1], [2, 4]),
+        &device,
+    );
+    let mask = Tensor::<Train, 2, Int>::from_data(
+        TensorData::new(vec![1i64, 1, 1, 1, 1, 1, 1, 0], [2, 4]),
+        &device,
+    );
+    for json in [TINY_BERT, TINY_MPNET] {
+        let mut encoder = config(json).init::<Train>(&device);
+        let pass = |encoder: &ftl::runtime::model::Encoder<Train>, seed: u64| -> Vec<f32> {
+            <Train as burn::tensor::backend::Backend>::seed(&device, seed);
+            encoder
+                .forward(ids.clone(), mask.clone())
+                .inner()
+                .into_data()
+                .to_vec()
+                .unwrap()
+        };
+        encoder.set_dropout(0.5);
+        assert_ne!(pass(&encoder, 1), pass(&encoder, 2), "dropout is active");
+        encoder.set_dropout(0.0);
+        assert_eq!(pass(&encoder, 1), pass(&encoder, 2), "no dropout anywhere");
+    }
+}

@@ -72,6 +72,12 @@ impl SelfAttentionConfig {
 }
 
 impl<B: Backend> SelfAttention<B> {
+    /// Replaces both dropout probabilities (attention and output).
+    pub fn set_dropout(&mut self, prob: f64) {
+        self.attention_dropout = DropoutConfig::new(prob).init();
+        self.hidden_dropout = DropoutConfig::new(prob).init();
+    }
+
     /// hidden: `[batch, seq, d_model]`; bias: additive scores, broadcastable to
     /// `[batch, heads, seq, seq]` (a padding mask is `[batch, 1, 1, seq]`)
     /// → `[batch, seq, d_model]`.

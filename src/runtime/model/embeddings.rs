@@ -71,6 +71,11 @@ impl EmbeddingsConfig {
 }
 
 impl<B: Backend> Embeddings<B> {
+    /// Replaces the dropout probability.
+    pub fn set_dropout(&mut self, prob: f64) {
+        self.dropout = DropoutConfig::new(prob).init();
+    }
+
     /// input_ids: `[batch, seq]` → `[batch, seq, d_model]`.
     pub fn forward(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [batch, seq] = input_ids.dims();

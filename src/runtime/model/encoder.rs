@@ -74,6 +74,16 @@ impl EncoderConfig {
 }
 
 impl<B: Backend> Encoder<B> {
+    /// Sets every dropout of the encoder (embeddings, attention
+    /// probabilities, attention and feed-forward outputs) to `prob`.
+    pub fn set_dropout(&mut self, prob: f64) {
+        self.embeddings.set_dropout(prob);
+        for layer in &mut self.layers {
+            layer.attention.set_dropout(prob);
+            layer.feed_forward.set_dropout(prob);
+        }
+    }
+
     /// input_ids, attention_mask: `[batch, seq]` (mask 1 for tokens, 0 for padding)
     /// → final hidden states `[batch, seq, d_model]`.
     ///

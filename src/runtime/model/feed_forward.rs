@@ -52,6 +52,11 @@ impl FeedForwardConfig {
 }
 
 impl<B: Backend> FeedForward<B> {
+    /// Replaces the dropout probability.
+    pub fn set_dropout(&mut self, prob: f64) {
+        self.dropout = DropoutConfig::new(prob).init();
+    }
+
     /// hidden: `[batch, seq, d_model]` → `[batch, seq, d_model]`.
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let inner = gelu(self.intermediate.forward(hidden.clone()));

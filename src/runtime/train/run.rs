@@ -201,7 +201,10 @@ pub fn load_classifier<B: Backend>(
     device: &B::Device,
 ) -> RuntimeResult<LoadedModel<B>> {
     let resolved = fetch::resolve(&model_name(cfg, project_root), fetch_options)?;
-    let (config, encoder, _) = load_model_dir::<B>(&resolved.dir, device)?;
+    let (config, mut encoder, _) = load_model_dir::<B>(&resolved.dir, device)?;
+    // `model.dropout` is the whole model's, whatever config.json says: the
+    // pipeline file alone decides what a run computes.
+    encoder.set_dropout(cfg.model.dropout);
     let tokenizer = TextTokenizer::from_file(
         &resolved.dir.join("tokenizer.json"),
         cfg.dataset.max_tokens as usize,
