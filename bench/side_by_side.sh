@@ -14,7 +14,12 @@
 #                  must name runs speed/CONFIG)
 #   PRECISION      the reference's precision (default bf16)
 #   SKIP_REFERENCE set to 1 to run ftl alone (a second, warm pass)
-#   RANDOM_MODELS  models whose weights are random on both sides (default: mpnet_base)
+#   RANDOM_MODELS  models whose weights are random on both sides (default: both).
+#                  Real weights only where the folder holds the f32 checkpoint:
+#                  transformers loads an F16-stored one as f16 parameters, and
+#                  the reference's full and LoRA runs then diverge to NaN.
+#   REFERENCE_ARGS more arguments for the reference, e.g. --pretokenize
+#                  (tokenize once up front, as ftl does) or --compile
 #   RUNS           where ftl's run folders go (default: a fresh temporary folder;
 #                  a configuration run again replaces its earlier run there)
 #
@@ -54,7 +59,7 @@ for config in "${configs[@]}"; do
     mpnet_base) dir=$FTL_HOME/models/sentence-transformers--all-mpnet-base-v2 ;;
   esac
   random=
-  case " ${RANDOM_MODELS:-mpnet_base} " in *" $model "*) random=--random-init ;; esac
+  case " ${RANDOM_MODELS:-minilm_l6 mpnet_base} " in *" $model "*) random=--random-init ;; esac
 
   # ftl (a finished run is kept, not retrained: clear it so a repeat measures)
   rm -rf "${runs:?}/speed/$config" "$runs/speed/.$config.partial"
@@ -75,7 +80,7 @@ for config in "${configs[@]}"; do
   ref_nvml=0 ref_rc=0
   if [ "${SKIP_REFERENCE:-0}" != 1 ]; then
     python3 "$REFERENCE" --model-dir "$dir" --data-dir "$FTL_DATA_PATH/sst2" --methods "$method" \
-      --steps "$steps" --precision "${PRECISION:-bf16}" $random --out "$OUT/ref-$config.json" \
+      --steps "$steps" --precision "${PRECISION:-bf16}" $random ${REFERENCE_ARGS:-} --out "$OUT/ref-$config.json" \
       >"$OUT/ref-$config.log" 2>&1 &
     pid=$!
     ref_nvml=$(nvml_peak $pid)
