@@ -7,10 +7,11 @@
 //! The two differ only in what the additive bias holds: BERT passes the padding
 //! mask, MPNet the padding mask plus its relative-position bias.
 
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
+use crate::runtime::model::dropout::Dropout;
 use crate::runtime::model::projection::{Projection, to_full, to_half};
 
 /// Configuration of [`SelfAttention`].
@@ -63,8 +64,8 @@ impl SelfAttentionConfig {
             layer_norm: LayerNormConfig::new(self.hidden_size)
                 .with_epsilon(self.layer_norm_eps)
                 .init(device),
-            attention_dropout: DropoutConfig::new(self.attention_dropout).init(),
-            hidden_dropout: DropoutConfig::new(self.hidden_dropout).init(),
+            attention_dropout: Dropout::new(self.attention_dropout),
+            hidden_dropout: Dropout::new(self.hidden_dropout),
             num_heads: self.num_heads,
             half: false,
         }
@@ -74,8 +75,8 @@ impl SelfAttentionConfig {
 impl<B: Backend> SelfAttention<B> {
     /// Replaces both dropout probabilities (attention and output).
     pub fn set_dropout(&mut self, prob: f64) {
-        self.attention_dropout = DropoutConfig::new(prob).init();
-        self.hidden_dropout = DropoutConfig::new(prob).init();
+        self.attention_dropout = Dropout::new(prob);
+        self.hidden_dropout = Dropout::new(prob);
     }
 
     /// hidden: `[batch, seq, d_model]`; bias: additive scores, broadcastable to

@@ -8,8 +8,10 @@
 //! token types and numbers non-pad tokens `pad_id + 1, pad_id + 2, …`, giving pad
 //! tokens the position `pad_id`.
 
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
 use burn::prelude::*;
+
+use crate::runtime::model::dropout::Dropout;
 
 /// Configuration of [`Embeddings`].
 #[derive(Config, Debug)]
@@ -63,7 +65,7 @@ impl EmbeddingsConfig {
             layer_norm: LayerNormConfig::new(self.hidden_size)
                 .with_epsilon(self.layer_norm_eps)
                 .init(device),
-            dropout: DropoutConfig::new(self.dropout).init(),
+            dropout: Dropout::new(self.dropout),
             pad_token_id: self.pad_token_id,
             positions_after_pad: self.positions_after_pad,
         }
@@ -73,7 +75,7 @@ impl EmbeddingsConfig {
 impl<B: Backend> Embeddings<B> {
     /// Replaces the dropout probability.
     pub fn set_dropout(&mut self, prob: f64) {
-        self.dropout = DropoutConfig::new(prob).init();
+        self.dropout = Dropout::new(prob);
     }
 
     /// input_ids: `[batch, seq]` → `[batch, seq, d_model]`.

@@ -5,10 +5,11 @@
 //! (`MPNetIntermediate` + `MPNetOutput` are the same). GELU is the exact erf form,
 //! as `hidden_act: "gelu"` selects upstream.
 
-use burn::nn::{Dropout, DropoutConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 
+use crate::runtime::model::dropout::Dropout;
 use crate::runtime::model::projection::Projection;
 
 /// Configuration of [`FeedForward`].
@@ -46,7 +47,7 @@ impl FeedForwardConfig {
             layer_norm: LayerNormConfig::new(self.hidden_size)
                 .with_epsilon(self.layer_norm_eps)
                 .init(device),
-            dropout: DropoutConfig::new(self.dropout).init(),
+            dropout: Dropout::new(self.dropout),
         }
     }
 }
@@ -54,7 +55,7 @@ impl FeedForwardConfig {
 impl<B: Backend> FeedForward<B> {
     /// Replaces the dropout probability.
     pub fn set_dropout(&mut self, prob: f64) {
-        self.dropout = DropoutConfig::new(prob).init();
+        self.dropout = Dropout::new(prob);
     }
 
     /// hidden: `[batch, seq, d_model]` → `[batch, seq, d_model]`.

@@ -7,9 +7,11 @@
 //! from an explicit seed so a run is reproducible on any backend.
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
+
+use crate::runtime::model::dropout::Dropout;
 
 /// How token states become one vector per sequence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,7 +66,7 @@ impl ClassificationHeadConfig {
         classifier.bias = Some(Param::from_tensor(Tensor::zeros([self.num_labels], device)));
         ClassificationHead {
             classifier,
-            dropout: DropoutConfig::new(self.dropout).init(),
+            dropout: Dropout::new(self.dropout),
             pooling: self.pooling,
         }
     }

@@ -17,6 +17,7 @@
 pub mod attention;
 pub mod classifier;
 pub mod config;
+pub mod dropout;
 pub mod embeddings;
 pub mod encoder;
 pub mod feed_forward;

@@ -25,12 +25,12 @@
 //! casts the gradient back, so an f32 parameter gets an f32 gradient.
 
 use burn::module::Param;
-use burn::nn::{Dropout, DropoutConfig};
 use burn::prelude::*;
 use burn::tensor::FloatDType;
 
 use crate::config::QuantFormat;
 use crate::quant::{self, NF4, Scales};
+use crate::runtime::model::dropout::Dropout;
 
 /// A linear layer of the encoder.
 #[derive(Module, Debug)]
@@ -124,7 +124,7 @@ impl AdapterConfig {
                 device,
             )),
             b: Param::from_tensor(Tensor::zeros([self.rank, d_out], device)),
-            dropout: DropoutConfig::new(self.dropout).init(),
+            dropout: Dropout::new(self.dropout),
             scale: self.alpha / self.rank as f64,
         }
     }
