@@ -93,32 +93,63 @@ pub fn cuda_memory_in_use(device: &burn::backend::cuda::CudaDevice) -> Option<u6
     client.memory_usage().ok().map(|m| m.bytes_in_use)
 }
 
+/// Whether `dir` (a cubecl cache root) holds compiled CUDA kernels.
+pub fn holds_compiled_kernels(dir: &std::path::Path) -> bool {
+    fn any_file(dir: &std::path::Path) -> bool {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries.flatten().any(|e| {
+                let path = e.path();
+                if path.is_dir() {
+                    any_file(&path)
+                } else {
+                    e.metadata().is_ok_and(|m| m.len() > 0)
+                }
+            })
+        })
+    }
+    any_file(&dir.join("cuda"))
+}
+
+/// What a CUDA run says when ftl's kernel cache is empty: its first step
+/// compiles and autotunes every kernel, which takes minutes, not seconds.
+pub fn cold_cache_notice(dir: &std::path::Path) -> Option<String> {
+    (!holds_compiled_kernels(dir)).then(|| {
+        format!(
+            "no compiled CUDA kernels in {} yet: the first step compiles and autotunes them \
+             (several minutes for a new model or method; later runs start in seconds)",
+            dir.display()
+        )
+    })
+}
+
 /// Keeps cubecl's autotune results and compiled kernels in ftl's cache
 /// (`FTL_HOME/cubecl`), so that a second run on the same GPU starts warm
 /// wherever it is launched from. Call before the first CUDA device is made;
 /// a configuration set earlier (a `cubecl.toml`) is left alone, and cubecl's
-/// environment variables apply on top.
+/// environment variables apply on top. Returns the cache folder ftl set.
 #[cfg(feature = "cuda")]
-pub fn use_ftl_kernel_cache() {
+pub fn use_ftl_kernel_cache() -> Option<std::path::PathBuf> {
     use cubecl::config::cache::CacheConfig;
     use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
+    static ROOT: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    ROOT.get_or_init(|| {
         if CubeClRuntimeConfig::storage().lock().is_some()
             || ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"]
                 .iter()
                 .any(|f| std::path::Path::new(f).exists())
         {
-            return;
+            return None;
         }
         let root = crate::data::ftl_home().join("cubecl");
         let mut config = CubeClRuntimeConfig::default();
         config.autotune.cache = CacheConfig::File(root.clone());
-        config.compilation.cache = Some(CacheConfig::File(root));
+        config.compilation.cache = Some(CacheConfig::File(root.clone()));
         // cubecl's own environment variables (CUBECL_AUTOTUNE_LEVEL,
         // CUBECL_DEBUG_LOG, ...) still apply.
         CubeClRuntimeConfig::set(config.override_from_env());
-    });
+        Some(root)
+    })
+    .clone()
 }
 
 #[cfg(test)]
@@ -167,6 +198,27 @@ mod tests {
             "the plan asks for CUDA device 2, but this machine has 2 (numbered 0 to 1)"
         );
         assert!(err.hint().contains("device.backend = auto"));
+    }
+
+    #[test]
+    fn an_empty_kernel_cache_is_announced_and_a_filled_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("cubecl");
+        let said = cold_cache_notice(&root).expect("no folder yet");
+        assert!(said.contains("first step compiles"), "{said}");
+        // Autotune results alone do not make compiled kernels.
+        std::fs::create_dir_all(root.join("autotune")).unwrap();
+        std::fs::write(root.join("autotune/keys.json.log"), "{}").unwrap();
+        assert!(cold_cache_notice(&root).is_some());
+        let ptx = root.join("cuda/0.10.0/ptx");
+        std::fs::create_dir_all(&ptx).unwrap();
+        std::fs::write(ptx.join("toc.json.log"), "").unwrap();
+        assert!(
+            cold_cache_notice(&root).is_some(),
+            "an empty file holds nothing"
+        );
+        std::fs::write(ptx.join("toc.json.log"), "{\"kernel\": 1}").unwrap();
+        assert_eq!(cold_cache_notice(&root), None);
     }
 
     #[test]

@@ -118,7 +118,11 @@ pub fn execute(
         ),
         #[cfg(feature = "cuda")]
         Target::Cuda(n) => {
-            backend::use_ftl_kernel_cache();
+            if let Some(notice) =
+                backend::use_ftl_kernel_cache().and_then(|root| backend::cold_cache_notice(&root))
+            {
+                observer.event(Event::Notice(notice));
+            }
             let device = burn::backend::cuda::CudaDevice::new(n as usize);
             let sample = device.clone();
             execute_on::<Autodiff<backend::Gpu>>(
