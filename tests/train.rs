@@ -903,3 +903,18 @@ fn a_cpu_run_that_asks_for_bf16_says_it_computed_in_fp32() {
     let report = std::fs::read_to_string(outcome.dir.join("report.md")).unwrap();
     assert!(report.contains("train.precision = bf16 applies on CUDA only"));
 }
+
+/// CUDA batches are padded to `max_tokens` (one shape to compile for); the
+/// CPU's to the next multiple of 16. Either way the mask marks real tokens.
+#[test]
+fn batches_pad_to_buckets_or_to_max_tokens() {
+    use ftl::runtime::train::run::batch_tensors;
+    let rows: Vec<&[i64]> = vec![&[2, 5, 3], &[2, 5, 6, 7, 3]];
+    let (ids, mask, tokens) = batch_tensors::<Cpu>(&rows, 0, 64, false, &cpu_device());
+    assert_eq!((ids.dims(), tokens), ([2, 16], 8));
+    let (ids, mask64, _) = batch_tensors::<Cpu>(&rows, 0, 64, true, &cpu_device());
+    assert_eq!(ids.dims(), [2, 64]);
+    let real = |m: Tensor<Cpu, 2, Int>| m.sum().into_scalar();
+    assert_eq!(real(mask), 8);
+    assert_eq!(real(mask64), 8);
+}
