@@ -14,12 +14,16 @@
 #                  must name runs speed/CONFIG)
 #   PRECISION      the reference's precision (default bf16)
 #   SKIP_REFERENCE set to 1 to run ftl alone (a second, warm pass)
+#   REFERENCE_MODES the reference's runs per configuration (default:
+#                  "default pretokenize"): "default" tokenizes each batch as it
+#                  is drawn (the reference's own default), "pretokenize" (its
+#                  --pretokenize) tokenizes the whole set once before training,
+#                  as ftl does: the like-for-like comparison
 #   RANDOM_MODELS  models whose weights are random on both sides (default: both).
 #                  Real weights only where the folder holds the f32 checkpoint:
 #                  transformers loads an F16-stored one as f16 parameters, and
 #                  the reference's full and LoRA runs then diverge to NaN.
-#   REFERENCE_ARGS more arguments for the reference, e.g. --pretokenize
-#                  (tokenize once up front, as ftl does) or --compile
+#   REFERENCE_ARGS more arguments for every reference run, e.g. --compile
 #   RUNS           where ftl's run folders go (default: a fresh temporary folder;
 #                  a configuration run again replaces its earlier run there)
 #
@@ -76,23 +80,31 @@ for config in "${configs[@]}"; do
   cp "$runs/speed/$config/metrics.jsonl" "$OUT/ftl-$config.metrics.jsonl" 2>/dev/null
   cp "$runs/speed/$config/summary.json" "$OUT/ftl-$config.summary.json" 2>/dev/null
 
-  # PyTorch
-  ref_nvml=0 ref_rc=0
-  if [ "${SKIP_REFERENCE:-0}" != 1 ]; then
+  # PyTorch, once per mode
+  ref_nvml=() ref_rc=()
+  modes=${REFERENCE_MODES-default pretokenize}
+  [ "${SKIP_REFERENCE:-0}" = 1 ] && modes=
+  for mode in $modes; do
+    case $mode in
+      default) mode_args= suffix= ;;
+      pretokenize) mode_args=--pretokenize suffix=-pretokenize ;;
+      *) echo "unknown reference mode $mode" >&2; exit 2 ;;
+    esac
     python3 "$REFERENCE" --model-dir "$dir" --data-dir "$FTL_DATA_PATH/sst2" --methods "$method" \
-      --steps "$steps" --precision "${PRECISION:-bf16}" $random ${REFERENCE_ARGS:-} --out "$OUT/ref-$config.json" \
-      >"$OUT/ref-$config.log" 2>&1 &
+      --steps "$steps" --precision "${PRECISION:-bf16}" $random $mode_args ${REFERENCE_ARGS:-} \
+      --out "$OUT/ref-$config$suffix.json" >"$OUT/ref-$config$suffix.log" 2>&1 &
     pid=$!
-    ref_nvml=$(nvml_peak $pid)
+    ref_nvml+=("$mode=$(nvml_peak $pid)")
     wait $pid
-    ref_rc=$?
-  fi
+    ref_rc+=("$mode=$?")
+  done
 
-  python3 - "$OUT" "$config" "$ftl_nvml" "$ref_nvml" "$ftl_rc" "$ref_rc" "$ftl_wall" <<'EOF'
-import json, sys, os
-out, config, ftl_nvml, ref_nvml, ftl_rc, ref_rc, ftl_wall = sys.argv[1:]
-row = {"config": config, "ftl_rc": int(ftl_rc), "ref_rc": int(ref_rc), "ftl_nvml_mib": int(ftl_nvml),
-       "ref_nvml_mib": int(ref_nvml), "ftl_wall_s": float(ftl_wall)}
+  python3 - "$OUT" "$config" "$ftl_nvml" "$ftl_rc" "$ftl_wall" "${ref_nvml[*]}" "${ref_rc[*]}" <<'EOF'
+import json, sys
+out, config, ftl_nvml, ftl_rc, ftl_wall, ref_nvml, ref_rc = sys.argv[1:]
+ref_nvml = dict(kv.split("=") for kv in ref_nvml.split())
+ref_rc = dict(kv.split("=") for kv in ref_rc.split())
+row = {"config": config, "ftl_rc": int(ftl_rc), "ftl_nvml_mib": int(ftl_nvml), "ftl_wall_s": float(ftl_wall)}
 try:
     summary = json.loads(open(f"{out}/ftl-{config}.json").read().strip().splitlines()[-1])
     steps = [json.loads(l) for l in open(f"{out}/ftl-{config}.metrics.jsonl")]
@@ -102,22 +114,29 @@ try:
     row.update(ftl_samples_per_s=round(32 * len(later) / secs, 1),
                ftl_peak_alloc_mib=round((summary["peak_memory_bytes"] or 0) / 2**20, 1),
                ftl_first_step_s=round(t["load"] + t["warmup"], 2),
-               ftl_accuracy=summary["evaluations"][0]["accuracy"] if summary["evaluations"] else None)
+               ftl_final_loss=steps[-1].get("loss"))
 except Exception as e:
     row["ftl_error"] = repr(e)
-try:
-    ref = json.load(open(f"{out}/ref-{config}.json"))
-    ref = ref[0] if isinstance(ref, list) else ref
-    row.update(ref_samples_per_s=ref.get("samples_per_s"), ref_peak_alloc_mib=ref.get("peak_mib"),
-               ref_first_step_s=ref.get("first_step_s"))
-except Exception as e:
-    row["ref_error"] = repr(e)
-if "ftl_samples_per_s" in row and row.get("ref_samples_per_s"):
-    row["speed_ratio"] = round(row["ftl_samples_per_s"] / row["ref_samples_per_s"], 3)
-if row.get("ftl_peak_alloc_mib") and row.get("ref_peak_alloc_mib"):
-    row["alloc_ratio"] = round(row["ftl_peak_alloc_mib"] / row["ref_peak_alloc_mib"], 3)
-if row["ftl_nvml_mib"] and row["ref_nvml_mib"]:
-    row["nvml_ratio"] = round(row["ftl_nvml_mib"] / row["ref_nvml_mib"], 3)
+# One set of columns per reference mode: ref_* (default), ref_pretokenize_*.
+for mode in ref_rc:
+    p = "ref" if mode == "default" else f"ref_{mode}"
+    suffix = "" if mode == "default" else f"-{mode}"
+    row[f"{p}_rc"] = int(ref_rc[mode])
+    row[f"{p}_nvml_mib"] = int(ref_nvml[mode])
+    try:
+        ref = json.load(open(f"{out}/ref-{config}{suffix}.json"))
+        ref = ref[0] if isinstance(ref, list) else ref
+        row.update({f"{p}_samples_per_s": ref.get("samples_per_s"), f"{p}_peak_alloc_mib": ref.get("peak_mib"),
+                    f"{p}_first_step_s": ref.get("first_step_s")})
+    except Exception as e:
+        row[f"{p}_error"] = repr(e)
+        continue
+    if "ftl_samples_per_s" in row and row.get(f"{p}_samples_per_s"):
+        row[f"{p}_speed_ratio"] = round(row["ftl_samples_per_s"] / row[f"{p}_samples_per_s"], 3)
+    if row.get("ftl_peak_alloc_mib") and row.get(f"{p}_peak_alloc_mib"):
+        row[f"{p}_alloc_ratio"] = round(row["ftl_peak_alloc_mib"] / row[f"{p}_peak_alloc_mib"], 3)
+    if row["ftl_nvml_mib"] and row[f"{p}_nvml_mib"]:
+        row[f"{p}_nvml_ratio"] = round(row["ftl_nvml_mib"] / row[f"{p}_nvml_mib"], 3)
 print(json.dumps(row), flush=True)
 with open(f"{out}/side_by_side.jsonl", "a") as f:
     f.write(json.dumps(row) + "\n")

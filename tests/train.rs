@@ -452,7 +452,7 @@ fn train_steps(mut model: Classifier<Train>) -> Classifier<Train> {
             .init(&device)
             .forward(logits, targets.clone());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optimizer.step(model, grads, 1e-2, None);
+        model = optimizer.step(model, grads, 1e-2, None).0;
     }
     model
 }

@@ -2,10 +2,14 @@
 //! `torch.optim.AdamW`), the global gradient norm and its clipping, and the
 //! learning-rate schedules.
 //!
-//! The optimizer state is kept per parameter, flattened, on the device, and
-//! can be read out and restored by module path for checkpoints. Weight decay
+//! The optimizer keeps every trained parameter in one flat buffer, beside
+//! flat first and second moments, and hands the model views into it: one
+//! step gathers the gradients into one flat vector (one copy per parameter),
+//! then takes the norm, clips and updates all parameters at once, in a
+//! handful of fused kernels instead of several per parameter. Weight decay
 //! applies to matrices only (weights, embeddings), not to biases and
-//! LayerNorm parameters, as Hugging Face's trainer does.
+//! LayerNorm parameters, as Hugging Face's trainer does. The moments can be
+//! read out and restored per parameter, for checkpoints.
 
 use std::collections::HashMap;
 
@@ -25,14 +29,56 @@ pub struct Moments<B: Backend> {
     pub v: Tensor<B, 1>,
 }
 
+/// Each parameter starts on a multiple of this many values in the flat
+/// buffers (1 KiB of f32): device allocations are aligned, and an aligned
+/// slice is a view, where an unaligned one would be a copy.
+const ALIGN: usize = 256;
+
+/// Where one parameter lives in the flat buffers.
+#[derive(Clone, Debug, PartialEq)]
+struct Segment {
+    id: ParamId,
+    offset: usize,
+    dims: Vec<usize>,
+    /// Matrices decay; vectors (biases, LayerNorm) do not.
+    decays: bool,
+}
+
+impl Segment {
+    fn len(&self) -> usize {
+        self.dims.iter().product()
+    }
+    fn range(&self) -> std::ops::Range<usize> {
+        self.offset..self.offset + self.len()
+    }
+}
+
+/// The flat parameters and moments, and which values decay.
+#[derive(Debug)]
+struct Flat<B: Backend> {
+    p: Tensor<B, 1>,
+    m: Tensor<B, 1>,
+    v: Tensor<B, 1>,
+    decays: Tensor<B, 1, Bool>,
+}
+
 /// AdamW's state.
 #[derive(Debug)]
 pub struct AdamW<B: Backend> {
     settings: config::AdamW,
-    /// Moments by parameter.
-    pub state: HashMap<ParamId, Moments<B>>,
     /// Steps taken (bias correction uses it).
     pub steps: u64,
+    layout: Vec<Segment>,
+    flat: Option<Flat<B>>,
+    /// Moments restored from a checkpoint, placed at the next step.
+    restored: HashMap<ParamId, Moments<B>>,
+}
+
+/// One step's trained parameters, in the model's order.
+struct Gathered<B: Backend> {
+    ids: Vec<(ParamId, Vec<usize>, bool)>,
+    grads: Vec<Tensor<B, 1>>,
+    values: Vec<Tensor<B, 1>>,
 }
 
 impl<B: Backend> AdamW<B> {
@@ -40,70 +86,97 @@ impl<B: Backend> AdamW<B> {
     pub fn new(settings: config::AdamW) -> Self {
         AdamW {
             settings,
-            state: HashMap::new(),
             steps: 0,
+            layout: Vec::new(),
+            flat: None,
+            restored: HashMap::new(),
         }
     }
 
-    /// One update of every parameter that has a gradient in `grads`,
-    /// gradients scaled by `factor` (the clipping factor, a 1-element tensor).
+    /// The moments of parameter `id`, if it has been trained or restored.
+    pub fn moments(&self, id: &ParamId) -> Option<Moments<B>> {
+        if let Some(m) = self.restored.get(id) {
+            return Some(m.clone());
+        }
+        let flat = self.flat.as_ref()?;
+        let s = self.layout.iter().find(|s| s.id == *id)?;
+        Some(Moments {
+            m: flat.m.clone().slice(s.range()),
+            v: flat.v.clone().slice(s.range()),
+        })
+    }
+
+    /// Sets the moments of parameter `id` (from a checkpoint, before the
+    /// first step).
+    pub fn restore(&mut self, id: ParamId, moments: Moments<B>) {
+        self.restored.insert(id, moments);
+    }
+
+    /// One update of every parameter that has a gradient in `grads`, with
+    /// the gradients first scaled to a global L2 norm of at most `clip`.
+    /// `model` must be the model the previous step returned (its trained
+    /// parameters are views of this optimizer's buffer). Returns the updated
+    /// model and the gradients' global norm before clipping, as a 1-element
+    /// tensor (reading it waits for the device), or `None` when nothing has a
+    /// gradient.
     pub fn step<AB, M>(
         &mut self,
         model: M,
-        grads: GradientsParams,
+        mut grads: GradientsParams,
         lr: f64,
-        factor: Option<Tensor<B, 1>>,
-    ) -> M
+        clip: Option<f64>,
+    ) -> (M, Option<Tensor<B, 1>>)
     where
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
     {
+        let mut gathered = Gathered {
+            ids: Vec::new(),
+            grads: Vec::new(),
+            values: Vec::new(),
+        };
+        model.visit(&mut Gather {
+            grads: &mut grads,
+            out: &mut gathered,
+        });
+        let Some(device) = gathered.grads.first().map(|g| g.device()) else {
+            return (model, None);
+        };
         self.steps += 1;
-        let mut mapper = Update {
-            optimizer: self,
-            grads,
-            lr,
-            factor,
-        };
-        model.map(&mut mapper)
-    }
-}
-
-struct Update<'a, B: Backend> {
-    optimizer: &'a mut AdamW<B>,
-    grads: GradientsParams,
-    lr: f64,
-    factor: Option<Tensor<B, 1>>,
-}
-
-impl<AB: AutodiffBackend> ModuleMapper<AB> for Update<'_, AB::InnerBackend> {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
-        let (id, tensor, mapper) = param.consume();
-        let Some(grad) = self.grads.remove::<AB::InnerBackend, D>(id) else {
-            return Param::from_mapped_value(id, tensor, mapper);
-        };
-        let dims = tensor.dims();
-        let n = dims.iter().product::<usize>();
-        let mut g = grad.reshape([n]);
-        if let Some(f) = &self.factor {
-            g = g * f.clone();
+        let same = gathered.ids.len() == self.layout.len()
+            && gathered
+                .ids
+                .iter()
+                .zip(&self.layout)
+                .all(|((id, dims, _), s)| *id == s.id && *dims == s.dims);
+        if !same || self.flat.is_none() {
+            self.relayout(&gathered, &device);
         }
-        let s = self.optimizer.settings;
+        let total = self.total();
+        let mut g = Tensor::<B, 1>::zeros([total], &device);
+        for (s, grad) in self.layout.iter().zip(gathered.grads) {
+            g = g.slice_assign(s.range(), grad);
+        }
+        drop(gathered.values);
+        let norm = g.clone().powi_scalar(2).sum().sqrt();
+        if let Some(max) = clip {
+            g = g * clip_factor(norm.clone(), max);
+        }
+
+        let s = self.settings;
         let [b1, b2] = s.betas;
-        let t = self.optimizer.steps as i32;
-        let (m, v) = match self.optimizer.state.remove(&id) {
-            Some(Moments { m, v }) => (
-                m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1),
-                v.mul_scalar(b2) + g.clone().powi_scalar(2).mul_scalar(1.0 - b2),
-            ),
-            None => (
-                g.clone().mul_scalar(1.0 - b1),
-                g.powi_scalar(2).mul_scalar(1.0 - b2),
-            ),
-        };
-        let mut p = tensor.inner().reshape([n]);
-        if D >= 2 && s.weight_decay > 0.0 {
-            p = p.mul_scalar(1.0 - self.lr * s.weight_decay);
+        let t = self.steps as i32;
+        let Flat {
+            mut p,
+            m,
+            v,
+            decays,
+        } = self.flat.take().expect("laid out above");
+        let m = m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
+        let v = v.mul_scalar(b2) + g.powi_scalar(2).mul_scalar(1.0 - b2);
+        if s.weight_decay > 0.0 {
+            let decayed = p.clone().mul_scalar(1.0 - lr * s.weight_decay);
+            p = p.mask_where(decays.clone(), decayed);
         }
         let correction1 = 1.0 - b1.powi(t);
         let correction2 = 1.0 - b2.powi(t);
@@ -112,37 +185,104 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Update<'_, AB::InnerBackend> {
             .sqrt()
             .div_scalar(correction2.sqrt())
             .add_scalar(s.eps);
-        p = p - (m.clone() / denom).mul_scalar(self.lr / correction1);
-        self.optimizer.state.insert(id, Moments { m, v });
-        let updated = Tensor::<AB, D>::from_inner(p.reshape(dims)).require_grad();
-        Param::from_mapped_value(id, updated, mapper)
+        p = p - (m.clone() / denom).mul_scalar(lr / correction1);
+        let model = model.map(&mut Place {
+            layout: &self.layout,
+            p: &p,
+        });
+        self.flat = Some(Flat { p, m, v, decays });
+        (model, Some(norm))
+    }
+
+    fn total(&self) -> usize {
+        self.layout
+            .last()
+            .map_or(0, |s| (s.offset + s.len()).next_multiple_of(ALIGN))
+    }
+
+    /// Lays the parameters of `gathered` out in fresh flat buffers, carrying
+    /// over the moments of those that had some.
+    fn relayout(&mut self, gathered: &Gathered<B>, device: &B::Device) {
+        let mut kept: HashMap<ParamId, Moments<B>> = std::mem::take(&mut self.restored);
+        for (id, _, _) in &gathered.ids {
+            if !kept.contains_key(id)
+                && let Some(m) = self.moments(id)
+            {
+                kept.insert(*id, m);
+            }
+        }
+        let mut offset = 0;
+        self.layout = gathered
+            .ids
+            .iter()
+            .map(|(id, dims, decays)| {
+                let s = Segment {
+                    id: *id,
+                    offset,
+                    dims: dims.clone(),
+                    decays: *decays,
+                };
+                offset = (offset + s.len()).next_multiple_of(ALIGN);
+                s
+            })
+            .collect();
+        let total = self.total();
+        let mut p = Tensor::<B, 1>::zeros([total], device);
+        let mut m = Tensor::<B, 1>::zeros([total], device);
+        let mut v = Tensor::<B, 1>::zeros([total], device);
+        let mut decays = vec![false; total];
+        for (s, value) in self.layout.iter().zip(&gathered.values) {
+            p = p.slice_assign(s.range(), value.clone());
+            if let Some(Moments { m: m0, v: v0 }) = kept.remove(&s.id) {
+                m = m.slice_assign(s.range(), m0);
+                v = v.slice_assign(s.range(), v0);
+            }
+            decays[s.range()].fill(s.decays);
+        }
+        let decays = Tensor::from_data(TensorData::new(decays, [total]), device);
+        self.flat = Some(Flat { p, m, v, decays });
     }
 }
 
-/// The global L2 norm of all gradients in `grads`, as a 1-element tensor
-/// (read it only when needed: reading waits for the device).
-pub fn grad_norm<AB: AutodiffBackend, M: AutodiffModule<AB>>(
-    model: &M,
-    grads: &GradientsParams,
-) -> Option<Tensor<AB::InnerBackend, 1>> {
-    struct Norm<'a, B: Backend> {
-        grads: &'a GradientsParams,
-        sum: Option<Tensor<B, 1>>,
+/// Takes each trained parameter's gradient out of `grads`, with its value.
+struct Gather<'a, B: Backend> {
+    grads: &'a mut GradientsParams,
+    out: &'a mut Gathered<B>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Gather<'_, AB::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        let Some(grad) = self.grads.remove::<AB::InnerBackend, D>(param.id) else {
+            return;
+        };
+        let dims = grad.dims().to_vec();
+        let n = dims.iter().product::<usize>();
+        self.out.ids.push((param.id, dims, D >= 2));
+        self.out.grads.push(grad.reshape([n]));
+        self.out.values.push(param.val().inner().reshape([n]));
     }
-    impl<AB: AutodiffBackend> ModuleVisitor<AB> for Norm<'_, AB::InnerBackend> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
-            if let Some(g) = self.grads.get::<AB::InnerBackend, D>(param.id) {
-                let sq = g.powi_scalar(2).sum();
-                self.sum = Some(match self.sum.take() {
-                    Some(s) => s + sq,
-                    None => sq,
-                });
-            }
-        }
+}
+
+/// Replaces each trained parameter with its view of the updated buffer.
+struct Place<'a, B: Backend> {
+    layout: &'a [Segment],
+    p: &'a Tensor<B, 1>,
+}
+
+impl<AB: AutodiffBackend> ModuleMapper<AB> for Place<'_, AB::InnerBackend> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let Some(s) = self.layout.iter().find(|s| s.id == id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let dims: [usize; D] = s.dims.clone().try_into().expect("same rank");
+        let value = self.p.clone().slice(s.range()).reshape(dims);
+        Param::from_mapped_value(
+            id,
+            Tensor::<AB, D>::from_inner(value).require_grad(),
+            mapper,
+        )
     }
-    let mut norm = Norm { grads, sum: None };
-    model.visit(&mut norm);
-    norm.sum.map(|s| s.sqrt())
 }
 
 /// The factor that scales gradients to norm at most `max`.
@@ -179,6 +319,164 @@ pub fn lr_at(peak: f64, schedule: &Schedule, step: u64, total: u64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::backend::{Cpu, cpu_device};
+    use burn::backend::Autodiff;
+
+    type Train = Autodiff<Cpu>;
+
+    /// A matrix, a vector and a frozen matrix.
+    #[derive(Module, Debug)]
+    struct Toy<B: Backend> {
+        w: Param<Tensor<B, 2>>,
+        b: Param<Tensor<B, 1>>,
+        frozen: Param<Tensor<B, 2>>,
+    }
+
+    fn toy(device: &burn::tensor::Device<Train>) -> Toy<Train> {
+        let w = Tensor::from_data(
+            TensorData::new(vec![0.5f32, -1.0, 2.0, 0.25], [2, 2]),
+            device,
+        );
+        let b = Tensor::from_data(TensorData::new(vec![0.1f32, -0.2, 0.3], [3]), device);
+        let frozen = Tensor::from_data(TensorData::new(vec![1.0f32; 4], [2, 2]), device);
+        Toy {
+            w: Param::from_tensor(w),
+            b: Param::from_tensor(b),
+            frozen: Param::from_tensor(frozen).set_require_grad(false),
+        }
+    }
+
+    /// Gradients of sum(w · cw) + sum(b · cb): exactly cw and cb.
+    fn grads(model: &Toy<Train>, cw: &[f32], cb: &[f32]) -> GradientsParams {
+        let device = cpu_device();
+        let cw = Tensor::<Train, 2>::from_data(TensorData::new(cw.to_vec(), [2, 2]), &device);
+        let cb = Tensor::<Train, 1>::from_data(TensorData::new(cb.to_vec(), [3]), &device);
+        let loss =
+            (model.w.val() * cw).sum() + (model.b.val() * cb).sum() + model.frozen.val().sum();
+        GradientsParams::from_grads(loss.backward(), model)
+    }
+
+    /// PyTorch's AdamW on f64 values, for one parameter.
+    struct Oracle {
+        p: Vec<f64>,
+        m: Vec<f64>,
+        v: Vec<f64>,
+    }
+
+    impl Oracle {
+        fn step(&mut self, g: &[f64], lr: f64, wd: f64, t: i32) {
+            let (b1, b2, eps) = (0.9, 0.999, 1e-8);
+            for (i, g) in g.iter().enumerate() {
+                self.m[i] = b1 * self.m[i] + (1.0 - b1) * g;
+                self.v[i] = b2 * self.v[i] + (1.0 - b2) * g * g;
+                self.p[i] *= 1.0 - lr * wd;
+                let denom = (self.v[i] / (1.0 - b2.powi(t))).sqrt() + eps;
+                self.p[i] -= lr * self.m[i] / (1.0 - b1.powi(t)) / denom;
+            }
+        }
+    }
+
+    fn oracle(values: &[f32]) -> Oracle {
+        Oracle {
+            p: values.iter().map(|&x| x as f64).collect(),
+            m: vec![0.0; values.len()],
+            v: vec![0.0; values.len()],
+        }
+    }
+
+    fn close<B: Backend>(got: Tensor<B, 1>, want: &[f64]) {
+        let got = got.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-6, "{got:?} against {want:?}");
+        }
+    }
+
+    #[test]
+    fn flat_adamw_matches_pytorch_clips_and_decays_matrices_only() {
+        let device = cpu_device();
+        let mut model = toy(&device);
+        let mut optimizer = AdamW::new(config::AdamW {
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.1,
+        });
+        let mut w = oracle(&[0.5, -1.0, 2.0, 0.25]);
+        let mut b = oracle(&[0.1, -0.2, 0.3]);
+        // The first gradients have norm 10 and are clipped to 1; the
+        // second (norm 0.5) are not.
+        let steps: [(&[f32], &[f32], f64); 2] = [
+            (&[6.0, 0.0, 0.0, 0.0], &[8.0, 0.0, 0.0], 0.1),
+            (&[0.3, 0.0, 0.0, 0.0], &[0.0, 0.4, 0.0], 1.0),
+        ];
+        for (t, (cw, cb, factor)) in steps.iter().enumerate() {
+            let g = grads(&model, cw, cb);
+            let (updated, norm) = optimizer.step(model, g, 0.01, Some(1.0));
+            model = updated;
+            let norm = norm.expect("gradients").into_scalar() as f64;
+            let expected = cw
+                .iter()
+                .chain(cb.iter())
+                .map(|x| (*x as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(
+                (norm - expected).abs() < 1e-5,
+                "norm {norm}, expected {expected}"
+            );
+            let gw: Vec<f64> = cw.iter().map(|&x| x as f64 * factor).collect();
+            let gb: Vec<f64> = cb.iter().map(|&x| x as f64 * factor).collect();
+            w.step(&gw, 0.01, 0.1, t as i32 + 1);
+            b.step(&gb, 0.01, 0.0, t as i32 + 1);
+            close(model.w.val().inner().reshape([4]), &w.p);
+            close(model.b.val().inner(), &b.p);
+        }
+        close(model.frozen.val().inner().reshape([4]), &[1.0; 4]);
+        assert_eq!(model.w.val().dims(), [2, 2]);
+        // The moments read out per parameter, as checkpoints store them.
+        let moments = optimizer.moments(&model.b.id).expect("b was trained");
+        close(moments.m, &b.m);
+        close(moments.v, &b.v);
+        assert!(optimizer.moments(&model.frozen.id).is_none());
+    }
+
+    #[test]
+    fn restored_moments_continue_where_they_left_off() {
+        let device = cpu_device();
+        let settings = config::AdamW {
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let (cw, cb): (&[f32], &[f32]) = (&[1.0, -2.0, 0.5, 0.0], &[0.3, 0.0, -0.1]);
+        // Two steps in one optimizer…
+        let mut one = AdamW::new(settings);
+        let mut a = toy(&device);
+        for _ in 0..2 {
+            let g = grads(&a, cw, cb);
+            a = one.step(a, g, 0.01, None).0;
+        }
+        // …and one step, then a fresh optimizer given its moments.
+        let mut first = AdamW::new(settings);
+        let mut c = toy(&device);
+        let g = grads(&c, cw, cb);
+        c = first.step(c, g, 0.01, None).0;
+        let mut second = AdamW::new(settings);
+        second.steps = first.steps;
+        for id in [c.w.id, c.b.id] {
+            second.restore(id, first.moments(&id).expect("trained"));
+        }
+        let g = grads(&c, cw, cb);
+        c = second.step(c, g, 0.01, None).0;
+        assert_eq!(
+            a.w.val().into_data().to_vec::<f32>().unwrap(),
+            c.w.val().into_data().to_vec::<f32>().unwrap()
+        );
+        assert_eq!(
+            a.b.val().into_data().to_vec::<f32>().unwrap(),
+            c.b.val().into_data().to_vec::<f32>().unwrap()
+        );
+    }
 
     #[test]
     fn warmup_rises_linearly_then_linear_decay_reaches_zero() {

@@ -32,7 +32,7 @@ use crate::runtime::model::classifier::Classifier;
 use crate::runtime::model::head::{ClassificationHeadConfig, Pooling};
 use crate::runtime::model::{EncoderConfig, load_model_dir};
 use crate::runtime::tokenize::TextTokenizer;
-use crate::runtime::train::optim::{AdamW, clip_factor, grad_norm, lr_at};
+use crate::runtime::train::optim::{AdamW, lr_at};
 use crate::runtime::train::state::{self, Progress};
 
 /// Everything needed to execute one run.
@@ -635,13 +635,9 @@ fn execute_on<AB: AutodiffBackend>(
                 accumulator.accumulate(&model, grads);
             }
             let grads = accumulator.grads();
-            let norm = grad_norm::<AB, _>(&model, &grads);
-            let factor = match (t.clip_grad_norm, &norm) {
-                (Some(max), Some(n)) => Some(clip_factor(n.clone(), max)),
-                _ => None,
-            };
             let lr = lr_at(t.lr, &t.schedule, progress.step, total);
-            model = optimizer.step(model, grads, lr, factor);
+            let (updated, norm) = optimizer.step(model, grads, lr, t.clip_grad_norm);
+            model = updated;
             progress.step += 1;
             progress.batch += group.len();
             let in_use = memory();

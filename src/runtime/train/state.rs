@@ -250,7 +250,7 @@ pub fn save_checkpoint<AB: AutodiffBackend, M: AutodiffModule<AB>>(
         .collect();
     let mut tensors = param_values::<AB, M>(model, &|p| trainable.contains_key(p));
     for (path, id) in &trainable {
-        if let Some(Moments { m, v }) = optimizer.state.get(id) {
+        if let Some(Moments { m, v }) = optimizer.moments(id) {
             tensors.push((format!("adam.m.{path}"), m.clone().into_data()));
             tensors.push((format!("adam.v.{path}"), v.clone().into_data()));
         }
@@ -291,7 +291,7 @@ pub fn load_checkpoint<AB: AutodiffBackend, M: AutodiffModule<AB>>(
         let m = tensors.remove(&format!("adam.m.{}", n.path));
         let v = tensors.remove(&format!("adam.v.{}", n.path));
         if let (Some(m), Some(v)) = (m, v) {
-            optimizer.state.insert(
+            optimizer.restore(
                 n.id,
                 Moments {
                     m: Tensor::from_data(m, &inner),
