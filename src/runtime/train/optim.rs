@@ -2,14 +2,14 @@
 //! `torch.optim.AdamW`), the global gradient norm and its clipping, and the
 //! learning-rate schedules.
 //!
-//! The optimizer keeps every trained parameter in one flat buffer, beside
-//! flat first and second moments, and hands the model views into it: one
-//! step gathers the gradients into one flat vector (one copy per parameter),
-//! then takes the norm, clips and updates all parameters at once, in a
-//! handful of fused kernels instead of several per parameter. Weight decay
-//! applies to matrices only (weights, embeddings), not to biases and
-//! LayerNorm parameters, as Hugging Face's trainer does. The moments can be
-//! read out and restored per parameter, for checkpoints.
+//! The optimizer keeps the trained parameters in two flat buffers, beside
+//! flat first and second moments, and hands the model views into them: the
+//! matrices (weights, embeddings), which decay, and the vectors (biases,
+//! LayerNorm), which do not, as Hugging Face's trainer does. One step
+//! gathers the gradients into the same two layouts (one copy per
+//! parameter), then takes the global norm, clips and updates every parameter
+//! in a handful of fused kernels per group instead of several per parameter.
+//! The moments can be read out and restored per parameter, for checkpoints.
 
 use std::collections::HashMap;
 
@@ -29,19 +29,22 @@ pub struct Moments<B: Backend> {
     pub v: Tensor<B, 1>,
 }
 
-/// Each parameter starts on a multiple of this many values in the flat
-/// buffers (1 KiB of f32): device allocations are aligned, and an aligned
+/// Each parameter starts on a multiple of this many values in its flat
+/// buffer (1 KiB of f32): device allocations are aligned, and an aligned
 /// slice is a view, where an unaligned one would be a copy.
 const ALIGN: usize = 256;
 
-/// Where one parameter lives in the flat buffers.
+/// The group of matrices (which decay) and the group of vectors.
+const MATRICES: usize = 0;
+const VECTORS: usize = 1;
+
+/// Where one parameter lives.
 #[derive(Clone, Debug, PartialEq)]
 struct Segment {
     id: ParamId,
+    group: usize,
     offset: usize,
     dims: Vec<usize>,
-    /// Matrices decay; vectors (biases, LayerNorm) do not.
-    decays: bool,
 }
 
 impl Segment {
@@ -53,13 +56,12 @@ impl Segment {
     }
 }
 
-/// The flat parameters and moments, and which values decay.
+/// One group's flat parameters and moments.
 #[derive(Debug)]
 struct Flat<B: Backend> {
     p: Tensor<B, 1>,
     m: Tensor<B, 1>,
     v: Tensor<B, 1>,
-    decays: Tensor<B, 1, Bool>,
 }
 
 /// AdamW's state.
@@ -69,14 +71,16 @@ pub struct AdamW<B: Backend> {
     /// Steps taken (bias correction uses it).
     pub steps: u64,
     layout: Vec<Segment>,
-    flat: Option<Flat<B>>,
+    /// Values in each group's buffers (0 for a group with no parameter).
+    totals: [usize; 2],
+    flat: Option<[Option<Flat<B>>; 2]>,
     /// Moments restored from a checkpoint, placed at the next step.
     restored: HashMap<ParamId, Moments<B>>,
 }
 
 /// One step's trained parameters, in the model's order.
 struct Gathered<B: Backend> {
-    ids: Vec<(ParamId, Vec<usize>, bool)>,
+    ids: Vec<(ParamId, Vec<usize>)>,
     grads: Vec<Tensor<B, 1>>,
     values: Vec<Tensor<B, 1>>,
 }
@@ -88,6 +92,7 @@ impl<B: Backend> AdamW<B> {
             settings,
             steps: 0,
             layout: Vec::new(),
+            totals: [0, 0],
             flat: None,
             restored: HashMap::new(),
         }
@@ -98,8 +103,8 @@ impl<B: Backend> AdamW<B> {
         if let Some(m) = self.restored.get(id) {
             return Some(m.clone());
         }
-        let flat = self.flat.as_ref()?;
         let s = self.layout.iter().find(|s| s.id == *id)?;
+        let flat = self.flat.as_ref()?[s.group].as_ref()?;
         Some(Moments {
             m: flat.m.clone().slice(s.range()),
             v: flat.v.clone().slice(s.range()),
@@ -115,10 +120,10 @@ impl<B: Backend> AdamW<B> {
     /// One update of every parameter that has a gradient in `grads`, with
     /// the gradients first scaled to a global L2 norm of at most `clip`.
     /// `model` must be the model the previous step returned (its trained
-    /// parameters are views of this optimizer's buffer). Returns the updated
-    /// model and the gradients' global norm before clipping, as a 1-element
-    /// tensor (reading it waits for the device), or `None` when nothing has a
-    /// gradient.
+    /// parameters are views of this optimizer's buffers). Returns the
+    /// updated model and the gradients' global norm before clipping, as a
+    /// 1-element tensor (reading it waits for the device), or `None` when
+    /// nothing has a gradient.
     pub fn step<AB, M>(
         &mut self,
         model: M,
@@ -148,99 +153,111 @@ impl<B: Backend> AdamW<B> {
                 .ids
                 .iter()
                 .zip(&self.layout)
-                .all(|((id, dims, _), s)| *id == s.id && *dims == s.dims);
+                .all(|((id, dims), s)| *id == s.id && *dims == s.dims);
         if !same || self.flat.is_none() {
             self.relayout(&gathered, &device);
         }
-        let total = self.total();
-        let mut g = Tensor::<B, 1>::zeros([total], &device);
+        // The gradients, laid out as the parameters are.
+        let mut g: [Option<Tensor<B, 1>>; 2] = self
+            .totals
+            .map(|n| (n > 0).then(|| Tensor::zeros([n], &device)));
         for (s, grad) in self.layout.iter().zip(gathered.grads) {
-            g = g.slice_assign(s.range(), grad);
+            let group = g[s.group].take().expect("a group that holds it");
+            g[s.group] = Some(group.slice_assign(s.range(), grad));
         }
         drop(gathered.values);
-        let norm = g.clone().powi_scalar(2).sum().sqrt();
-        if let Some(max) = clip {
-            g = g * clip_factor(norm.clone(), max);
-        }
+        let norm = g
+            .iter()
+            .flatten()
+            .map(|g| g.clone().powi_scalar(2).sum())
+            .reduce(|a, b| a + b)
+            .expect("a gradient")
+            .sqrt();
+        let factor = clip.map(|max| clip_factor(norm.clone(), max));
 
         let s = self.settings;
         let [b1, b2] = s.betas;
         let t = self.steps as i32;
-        let Flat {
-            mut p,
-            m,
-            v,
-            decays,
-        } = self.flat.take().expect("laid out above");
-        let m = m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
-        let v = v.mul_scalar(b2) + g.powi_scalar(2).mul_scalar(1.0 - b2);
-        if s.weight_decay > 0.0 {
-            let decayed = p.clone().mul_scalar(1.0 - lr * s.weight_decay);
-            p = p.mask_where(decays.clone(), decayed);
-        }
         let correction1 = 1.0 - b1.powi(t);
         let correction2 = 1.0 - b2.powi(t);
-        let denom = v
-            .clone()
-            .sqrt()
-            .div_scalar(correction2.sqrt())
-            .add_scalar(s.eps);
-        p = p - (m.clone() / denom).mul_scalar(lr / correction1);
+        let mut flat = self.flat.take().expect("laid out above");
+        for (group, g) in g.into_iter().enumerate() {
+            let (Some(mut g), Some(Flat { mut p, m, v })) = (g, flat[group].take()) else {
+                continue;
+            };
+            if let Some(f) = &factor {
+                g = g * f.clone();
+            }
+            let m = m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
+            let v = v.mul_scalar(b2) + g.powi_scalar(2).mul_scalar(1.0 - b2);
+            if group == MATRICES && s.weight_decay > 0.0 {
+                p = p.mul_scalar(1.0 - lr * s.weight_decay);
+            }
+            let denom = v
+                .clone()
+                .sqrt()
+                .div_scalar(correction2.sqrt())
+                .add_scalar(s.eps);
+            p = p - (m.clone() / denom).mul_scalar(lr / correction1);
+            flat[group] = Some(Flat { p, m, v });
+        }
         let model = model.map(&mut Place {
             layout: &self.layout,
-            p: &p,
+            flat: &flat,
         });
-        self.flat = Some(Flat { p, m, v, decays });
+        self.flat = Some(flat);
         (model, Some(norm))
-    }
-
-    fn total(&self) -> usize {
-        self.layout
-            .last()
-            .map_or(0, |s| (s.offset + s.len()).next_multiple_of(ALIGN))
     }
 
     /// Lays the parameters of `gathered` out in fresh flat buffers, carrying
     /// over the moments of those that had some.
     fn relayout(&mut self, gathered: &Gathered<B>, device: &B::Device) {
         let mut kept: HashMap<ParamId, Moments<B>> = std::mem::take(&mut self.restored);
-        for (id, _, _) in &gathered.ids {
+        for (id, _) in &gathered.ids {
             if !kept.contains_key(id)
                 && let Some(m) = self.moments(id)
             {
                 kept.insert(*id, m);
             }
         }
-        let mut offset = 0;
+        let mut ends = [0usize; 2];
         self.layout = gathered
             .ids
             .iter()
-            .map(|(id, dims, decays)| {
+            .map(|(id, dims)| {
+                let group = if dims.len() >= 2 { MATRICES } else { VECTORS };
                 let s = Segment {
                     id: *id,
-                    offset,
+                    group,
+                    offset: ends[group],
                     dims: dims.clone(),
-                    decays: *decays,
                 };
-                offset = (offset + s.len()).next_multiple_of(ALIGN);
+                ends[group] = (s.offset + s.len()).next_multiple_of(ALIGN);
                 s
             })
             .collect();
-        let total = self.total();
-        let mut p = Tensor::<B, 1>::zeros([total], device);
-        let mut m = Tensor::<B, 1>::zeros([total], device);
-        let mut v = Tensor::<B, 1>::zeros([total], device);
-        let mut decays = vec![false; total];
+        self.totals = ends;
+        let mut flat: [Option<Flat<B>>; 2] = ends.map(|n| {
+            (n > 0).then(|| Flat {
+                p: Tensor::zeros([n], device),
+                m: Tensor::zeros([n], device),
+                v: Tensor::zeros([n], device),
+            })
+        });
         for (s, value) in self.layout.iter().zip(&gathered.values) {
+            let Flat {
+                mut p,
+                mut m,
+                mut v,
+            } = flat[s.group].take().expect("sized above");
             p = p.slice_assign(s.range(), value.clone());
             if let Some(Moments { m: m0, v: v0 }) = kept.remove(&s.id) {
                 m = m.slice_assign(s.range(), m0);
                 v = v.slice_assign(s.range(), v0);
             }
-            decays[s.range()].fill(s.decays);
+            flat[s.group] = Some(Flat { p, m, v });
         }
-        let decays = Tensor::from_data(TensorData::new(decays, [total]), device);
-        self.flat = Some(Flat { p, m, v, decays });
+        self.flat = Some(flat);
     }
 }
 
@@ -257,16 +274,16 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Gather<'_, AB::InnerBackend> {
         };
         let dims = grad.dims().to_vec();
         let n = dims.iter().product::<usize>();
-        self.out.ids.push((param.id, dims, D >= 2));
+        self.out.ids.push((param.id, dims));
         self.out.grads.push(grad.reshape([n]));
         self.out.values.push(param.val().inner().reshape([n]));
     }
 }
 
-/// Replaces each trained parameter with its view of the updated buffer.
+/// Replaces each trained parameter with its view of the updated buffers.
 struct Place<'a, B: Backend> {
     layout: &'a [Segment],
-    p: &'a Tensor<B, 1>,
+    flat: &'a [Option<Flat<B>>; 2],
 }
 
 impl<AB: AutodiffBackend> ModuleMapper<AB> for Place<'_, AB::InnerBackend> {
@@ -275,8 +292,9 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Place<'_, AB::InnerBackend> {
         let Some(s) = self.layout.iter().find(|s| s.id == id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
+        let p = &self.flat[s.group].as_ref().expect("its group").p;
         let dims: [usize; D] = s.dims.clone().try_into().expect("same rank");
-        let value = self.p.clone().slice(s.range()).reshape(dims);
+        let value = p.clone().slice(s.range()).reshape(dims);
         Param::from_mapped_value(
             id,
             Tensor::<AB, D>::from_inner(value).require_grad(),
