@@ -128,17 +128,19 @@ pub fn estimate(config: &RunConfig) -> MemoryEstimate {
     let packed = config.quantize.format != QuantFormat::None;
     let packed_half = packed && config.quantize.compute == Precision::Bf16;
     // Kept for the backward pass, per token of a layer. fp32: the inputs of
-    // the projections, q, k, v and the context, two dropout masks, two
-    // LayerNorm inputs (40·h bytes), GELU's input and output (8·i), and per
-    // head and key the softmax output and the dropped probabilities (8).
-    // bf16 products keep bf16 copies of what the products read (the shared
-    // q/k/v input, q, k, v, the context, the feed-forward input, GELU's
-    // output, the dropped probabilities) and f32 the rest. Measured on the
-    // H200 (BENCHMARKS.md), these land within 10% of the peak.
+    // the projections, q, k, v and the context, two LayerNorm inputs and the
+    // two dropout masks on the hidden states, one byte per value (34·h
+    // bytes), GELU's input and output (8·i), and per head and key the
+    // softmax output and the dropped probabilities with their one-byte mask
+    // (5). bf16 products keep bf16 copies of what the products read (the
+    // shared q/k/v input, q, k, v, the context, the feed-forward input,
+    // GELU's output, the dropped probabilities) and f32 the rest. Measured
+    // on the H200 (BENCHMARKS.md): within 6% of the peak for MiniLM and
+    // MPNet, full, LoRA and QLoRA.
     let per_layer = if bf16 {
-        b * s * (28 * h + 6 * i) + b * heads * s * s * 6
+        b * s * (22 * h + 6 * i) + b * heads * s * s * 3
     } else {
-        b * s * (40 * h + 8 * i) + b * heads * s * s * 8
+        b * s * (34 * h + 8 * i) + b * heads * s * s * 5
     };
     // A product's backward pass also needs its weight: under bf16 a bf16 copy
     // of every linear weight lives until then; a packed base in fp32 keeps its
