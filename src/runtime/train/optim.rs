@@ -78,11 +78,10 @@ pub struct AdamW<B: Backend> {
     restored: HashMap<ParamId, Moments<B>>,
 }
 
-/// One step's trained parameters, in the model's order.
+/// One step's trained parameters and their gradients, in the model's order.
 struct Gathered<B: Backend> {
     ids: Vec<(ParamId, Vec<usize>)>,
     grads: Vec<Tensor<B, 1>>,
-    values: Vec<Tensor<B, 1>>,
 }
 
 impl<B: Backend> AdamW<B> {
@@ -138,7 +137,6 @@ impl<B: Backend> AdamW<B> {
         let mut gathered = Gathered {
             ids: Vec::new(),
             grads: Vec::new(),
-            values: Vec::new(),
         };
         model.visit(&mut Gather {
             grads: &mut grads,
@@ -155,7 +153,7 @@ impl<B: Backend> AdamW<B> {
                 .zip(&self.layout)
                 .all(|((id, dims), s)| *id == s.id && *dims == s.dims);
         if !same || self.flat.is_none() {
-            self.relayout(&gathered, &device);
+            self.relayout(&model, &gathered.ids, &device);
         }
         // The gradients, laid out as the parameters are.
         let mut g: [Option<Tensor<B, 1>>; 2] = self
@@ -165,7 +163,6 @@ impl<B: Backend> AdamW<B> {
             let group = g[s.group].take().expect("a group that holds it");
             g[s.group] = Some(group.slice_assign(s.range(), grad));
         }
-        drop(gathered.values);
         let norm = g
             .iter()
             .flatten()
@@ -209,11 +206,20 @@ impl<B: Backend> AdamW<B> {
         (model, Some(norm))
     }
 
-    /// Lays the parameters of `gathered` out in fresh flat buffers, carrying
-    /// over the moments of those that had some.
-    fn relayout(&mut self, gathered: &Gathered<B>, device: &B::Device) {
+    /// Lays the parameters `ids` of `model` out in fresh flat buffers,
+    /// carrying over the moments of those that had some.
+    fn relayout<AB, M>(&mut self, model: &M, ids: &[(ParamId, Vec<usize>)], device: &B::Device)
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        let mut values = Values {
+            wanted: ids.iter().map(|(id, _)| *id).collect(),
+            found: HashMap::new(),
+        };
+        model.visit(&mut values);
         let mut kept: HashMap<ParamId, Moments<B>> = std::mem::take(&mut self.restored);
-        for (id, _) in &gathered.ids {
+        for (id, _) in ids {
             if !kept.contains_key(id)
                 && let Some(m) = self.moments(id)
             {
@@ -221,8 +227,7 @@ impl<B: Backend> AdamW<B> {
             }
         }
         let mut ends = [0usize; 2];
-        self.layout = gathered
-            .ids
+        self.layout = ids
             .iter()
             .map(|(id, dims)| {
                 let group = if dims.len() >= 2 { MATRICES } else { VECTORS };
@@ -244,13 +249,14 @@ impl<B: Backend> AdamW<B> {
                 v: Tensor::zeros([n], device),
             })
         });
-        for (s, value) in self.layout.iter().zip(&gathered.values) {
+        for s in &self.layout {
+            let value = values.found.remove(&s.id).expect("visited above");
             let Flat {
                 mut p,
                 mut m,
                 mut v,
             } = flat[s.group].take().expect("sized above");
-            p = p.slice_assign(s.range(), value.clone());
+            p = p.slice_assign(s.range(), value);
             if let Some(Moments { m: m0, v: v0 }) = kept.remove(&s.id) {
                 m = m.slice_assign(s.range(), m0);
                 v = v.slice_assign(s.range(), v0);
@@ -261,7 +267,7 @@ impl<B: Backend> AdamW<B> {
     }
 }
 
-/// Takes each trained parameter's gradient out of `grads`, with its value.
+/// Takes each trained parameter's gradient out of `grads`.
 struct Gather<'a, B: Backend> {
     grads: &'a mut GradientsParams,
     out: &'a mut Gathered<B>,
@@ -276,7 +282,22 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Gather<'_, AB::InnerBackend> {
         let n = dims.iter().product::<usize>();
         self.out.ids.push((param.id, dims));
         self.out.grads.push(grad.reshape([n]));
-        self.out.values.push(param.val().inner().reshape([n]));
+    }
+}
+
+/// The current values of the parameters `wanted`, flattened.
+struct Values<B: Backend> {
+    wanted: std::collections::HashSet<ParamId>,
+    found: HashMap<ParamId, Tensor<B, 1>>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Values<AB::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        if self.wanted.contains(&param.id) {
+            let value = param.val().inner();
+            let n = value.dims().iter().product::<usize>();
+            self.found.insert(param.id, value.reshape([n]));
+        }
     }
 }
 
