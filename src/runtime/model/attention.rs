@@ -7,11 +7,11 @@
 //! The two differ only in what the additive bias holds: BERT passes the padding
 //! mask, MPNet the padding mask plus its relative-position bias.
 
-use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
 use crate::runtime::model::dropout::Dropout;
+use crate::runtime::model::layer_norm::LayerNorm;
 use crate::runtime::model::projection::{Projection, to_full, to_half};
 
 /// Configuration of [`SelfAttention`].
@@ -61,9 +61,7 @@ impl SelfAttentionConfig {
             key: projection(),
             value: projection(),
             output: projection(),
-            layer_norm: LayerNormConfig::new(self.hidden_size)
-                .with_epsilon(self.layer_norm_eps)
-                .init(device),
+            layer_norm: LayerNorm::new(self.hidden_size, self.layer_norm_eps, device),
             attention_dropout: Dropout::new(self.attention_dropout),
             hidden_dropout: Dropout::new(self.hidden_dropout),
             num_heads: self.num_heads,

@@ -8,10 +8,11 @@
 //! token types and numbers non-pad tokens `pad_id + 1, pad_id + 2, …`, giving pad
 //! tokens the position `pad_id`.
 
-use burn::nn::{Embedding, EmbeddingConfig, LayerNorm, LayerNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig};
 use burn::prelude::*;
 
 use crate::runtime::model::dropout::Dropout;
+use crate::runtime::model::layer_norm::LayerNorm;
 
 /// Configuration of [`Embeddings`].
 #[derive(Config, Debug)]
@@ -62,9 +63,7 @@ impl EmbeddingsConfig {
             position: EmbeddingConfig::new(self.max_position_embeddings, self.hidden_size)
                 .init(device),
             token_type,
-            layer_norm: LayerNormConfig::new(self.hidden_size)
-                .with_epsilon(self.layer_norm_eps)
-                .init(device),
+            layer_norm: LayerNorm::new(self.hidden_size, self.layer_norm_eps, device),
             dropout: Dropout::new(self.dropout),
             pad_token_id: self.pad_token_id,
             positions_after_pad: self.positions_after_pad,

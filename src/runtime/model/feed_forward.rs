@@ -5,11 +5,11 @@
 //! (`MPNetIntermediate` + `MPNetOutput` are the same). GELU is the exact erf form,
 //! as `hidden_act: "gelu"` selects upstream.
 
-use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::prelude::*;
 use burn::tensor::activation::gelu;
 
 use crate::runtime::model::dropout::Dropout;
+use crate::runtime::model::layer_norm::LayerNorm;
 use crate::runtime::model::projection::Projection;
 
 /// Configuration of [`FeedForward`].
@@ -44,9 +44,7 @@ impl FeedForwardConfig {
         FeedForward {
             intermediate: Projection::random(self.hidden_size, self.intermediate_size, device),
             output: Projection::random(self.intermediate_size, self.hidden_size, device),
-            layer_norm: LayerNormConfig::new(self.hidden_size)
-                .with_epsilon(self.layer_norm_eps)
-                .init(device),
+            layer_norm: LayerNorm::new(self.hidden_size, self.layer_norm_eps, device),
             dropout: Dropout::new(self.dropout),
         }
     }

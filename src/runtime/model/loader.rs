@@ -14,13 +14,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::{Embedding, LayerNorm};
+use burn::nn::Embedding;
 use burn::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::runtime::error::{RuntimeError, RuntimeResult};
 use crate::runtime::model::config::{Architecture, EncoderConfig};
 use crate::runtime::model::encoder::Encoder;
+use crate::runtime::model::layer_norm::LayerNorm;
 use crate::runtime::model::projection::Projection;
 
 /// A size taken from the config.
@@ -398,7 +399,7 @@ impl<B: Backend> Weights<'_, B> {
 
     fn layer_norm(&mut self, norm: &mut LayerNorm<B>, prefix: &str) -> RuntimeResult<()> {
         norm.gamma = self.take(&format!("{prefix}.gamma"))?;
-        norm.beta = Some(self.take(&format!("{prefix}.beta"))?);
+        norm.beta = self.take(&format!("{prefix}.beta"))?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@
 //! | `attention.rs` | multi-head self-attention block |
 //! | `feed_forward.rs` | GELU feed-forward block |
 //! | `layer.rs` | one encoder layer |
+//! | `layer_norm.rs` | LayerNorm, with a backward pass of its own when training |
 //! | `encoder.rs` | the stack, and MPNet's relative-position bias |
 //! | `head.rs` | pooling and [`ClassificationHead`] |
 //! | `loader.rs` | safetensors → [`Encoder`], with the upstream key table |
@@ -23,6 +24,7 @@ pub mod encoder;
 pub mod feed_forward;
 pub mod head;
 pub mod layer;
+pub mod layer_norm;
 pub mod loader;
 pub mod projection;
 

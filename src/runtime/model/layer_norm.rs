@@ -1,0 +1,275 @@
+//! LayerNorm with a backward pass of its own on the autodiff backends ftl
+//! trains with.
+//!
+//! burn 0.21's autodiff has no LayerNorm operation: it differentiates the
+//! backend's decomposition (mean, subtract, square, mean, square root,
+//! divide, scale, shift), which keeps two f32 tensors of the input's size for
+//! the backward pass, the centred input and the normalised one. The
+//! operation here computes the same forward values, operation for operation,
+//! keeps only the normalised input and the per-row deviation, and gives the
+//! gradients in closed form:
+//!
+//! ```text
+//! x̂ = (x − mean x) / σ          y = γ·x̂ + β
+//! ∂β = Σ g      ∂γ = Σ g·x̂      ∂x = (γg − mean(γg) − x̂·mean(γg·x̂)) / σ
+//! ```
+//!
+//! Other backends (inference, the inner backend of evaluation) use burn's
+//! LayerNorm as it is.
+
+use std::any::{Any, TypeId};
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{Shape, TensorMetadata, TensorPrimitive};
+
+use crate::runtime::backend::Cpu;
+
+/// `γ · (x − mean x) / √(var x + ε) + β` over the last dimension. Its
+/// parameters keep burn's names (`gamma`, `beta`), so checkpoints and
+/// weights files address them as before.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    /// Scale.
+    pub gamma: Param<Tensor<B, 1>>,
+    /// Shift.
+    pub beta: Param<Tensor<B, 1>>,
+    epsilon: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    /// γ = 1, β = 0.
+    pub fn new(size: usize, epsilon: f64, device: &B::Device) -> Self {
+        LayerNorm {
+            gamma: Param::from_tensor(Tensor::ones([size], device)),
+            beta: Param::from_tensor(Tensor::zeros([size], device)),
+            epsilon,
+        }
+    }
+
+    /// Normalises `x` over its last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let x = match self.on_autodiff::<Cpu, D>(x) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
+        #[cfg(feature = "cuda")]
+        let x = match self.on_autodiff::<crate::runtime::backend::Gpu, D>(x) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
+        Tensor::from_primitive(TensorPrimitive::Float(B::layer_norm(
+            x.into_primitive().tensor(),
+            self.gamma.val().into_primitive().tensor(),
+            Some(self.beta.val().into_primitive().tensor()),
+            self.epsilon,
+        )))
+    }
+
+    /// The operation with its own backward pass, when `B` is `Autodiff<I>`;
+    /// `x` back otherwise.
+    fn on_autodiff<I: Backend, const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+    ) -> Result<Tensor<B, D>, Tensor<B, D>> {
+        if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
+            return Err(x);
+        }
+        let x: Tensor<Autodiff<I>, D> = same_type(x);
+        let gamma: Tensor<Autodiff<I>, 1> = same_type(self.gamma.val());
+        let beta: Tensor<Autodiff<I>, 1> = same_type(self.beta.val());
+        let y = layer_norm::<I>(
+            x.into_primitive().tensor(),
+            gamma.into_primitive().tensor(),
+            beta.into_primitive().tensor(),
+            self.epsilon,
+        );
+        Ok(same_type(Tensor::<Autodiff<I>, D>::from_primitive(
+            TensorPrimitive::Float(y),
+        )))
+    }
+}
+
+/// `t` as `U`, which the caller has checked is `T`'s own type.
+fn same_type<T: 'static, U: 'static>(t: T) -> U {
+    *(Box::new(t) as Box<dyn Any>)
+        .downcast::<U>()
+        .expect("checked to be the same type")
+}
+
+/// burn's decomposition on the inner backend: the normalised input, the
+/// deviation `√(var + ε)` (one per row), γ shaped to broadcast, and the
+/// output.
+fn forward<I: Backend>(
+    x: FloatTensor<I>,
+    gamma: FloatTensor<I>,
+    beta: FloatTensor<I>,
+    epsilon: f64,
+) -> [FloatTensor<I>; 4] {
+    let shape = x.shape();
+    let last = shape.num_dims() - 1;
+    let broadcast = Shape::from(
+        (0..shape.num_dims())
+            .map(|i| if i == last { shape[last] } else { 1 })
+            .collect::<Vec<_>>(),
+    );
+    let mean = I::float_mean_dim(x.clone(), last);
+    let centered = I::float_sub(x, mean);
+    let var = I::float_mean_dim(I::float_mul(centered.clone(), centered.clone()), last);
+    let deviation = I::float_sqrt(I::float_add_scalar(var, epsilon.into()));
+    let normalized = I::float_div(centered, deviation.clone());
+    let gamma = I::float_reshape(gamma, broadcast.clone());
+    let scaled = I::float_mul(normalized.clone(), gamma.clone());
+    let y = I::float_add(scaled, I::float_reshape(beta, broadcast));
+    [normalized, deviation, gamma, y]
+}
+
+/// The gradients of x, γ and β from the output's.
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl<I: Backend> Backward<I, 3> for LayerNormBackward {
+    /// The normalised input, the deviation and γ shaped to broadcast.
+    type State = (FloatTensor<I>, FloatTensor<I>, FloatTensor<I>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (normalized, deviation, gamma) = ops.state;
+        let [x_node, gamma_node, beta_node] = ops.parents;
+        let grad = grads.consume::<I>(&ops.node);
+        let shape = grad.shape();
+        let last = shape.num_dims() - 1;
+        let width = shape[last];
+        let rows = shape.num_elements() / width;
+        // Σ over every row, for the per-feature parameters.
+        let column_sum = |t: FloatTensor<I>| {
+            let t = I::float_reshape(t, Shape::from([rows, width]));
+            I::float_reshape(I::float_sum_dim(t, 0), Shape::from([width]))
+        };
+        if let Some(node) = beta_node {
+            grads.register::<I>(node.id, column_sum(grad.clone()));
+        }
+        if let Some(node) = gamma_node {
+            let g = I::float_mul(grad.clone(), normalized.clone());
+            grads.register::<I>(node.id, column_sum(g));
+        }
+        if let Some(node) = x_node {
+            let g = I::float_mul(grad, gamma);
+            let mean = I::float_mean_dim(g.clone(), last);
+            let mean_x = I::float_mean_dim(I::float_mul(g.clone(), normalized.clone()), last);
+            let centred = I::float_sub(g, mean);
+            let dx = I::float_sub(centred, I::float_mul(normalized, mean_x));
+            grads.register::<I>(node.id, I::float_div(dx, deviation));
+        }
+    }
+}
+
+/// The operation on `Autodiff<I>`'s tensors.
+fn layer_norm<I: Backend>(
+    x: FloatTensor<Autodiff<I>>,
+    gamma: FloatTensor<Autodiff<I>>,
+    beta: FloatTensor<Autodiff<I>>,
+    epsilon: f64,
+) -> FloatTensor<Autodiff<I>> {
+    let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+    let [normalized, deviation, gamma_b, y] =
+        forward::<I>(x.primitive, gamma.primitive, beta.primitive, epsilon);
+    match LayerNormBackward
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((normalized, deviation, gamma_b), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::backend::cpu_device;
+    use burn::nn::LayerNormConfig;
+    use burn::tensor::Distribution;
+
+    type Train = Autodiff<Cpu>;
+
+    /// Values, and the gradients of x, γ and β under an uneven loss, for
+    /// ftl's LayerNorm and burn's, from the same input and parameters.
+    #[allow(clippy::type_complexity)]
+    fn both() -> ([Vec<f32>; 4], [Vec<f32>; 4]) {
+        let device = cpu_device();
+        let x = Tensor::<Cpu, 3>::random([2, 5, 8], Distribution::Normal(0.5, 2.0), &device);
+        let gamma = Tensor::<Cpu, 1>::random([8], Distribution::Normal(1.0, 0.3), &device);
+        let beta = Tensor::<Cpu, 1>::random([8], Distribution::Normal(0.0, 0.3), &device);
+        let weights = Tensor::<Cpu, 3>::random([2, 5, 8], Distribution::Normal(0.0, 1.0), &device);
+        let mut ours = LayerNorm::<Train>::new(8, 1e-5, &device);
+        ours.gamma = Param::from_tensor(Tensor::from_inner(gamma.clone()));
+        ours.beta = Param::from_tensor(Tensor::from_inner(beta.clone()));
+        let mut burns = LayerNormConfig::new(8)
+            .with_epsilon(1e-5)
+            .init::<Train>(&device);
+        burns.gamma = Param::from_tensor(Tensor::from_inner(gamma));
+        burns.beta = Some(Param::from_tensor(Tensor::from_inner(beta)));
+        let run = |forward: &dyn Fn(Tensor<Train, 3>) -> Tensor<Train, 3>,
+                   gamma: &Param<Tensor<Train, 1>>,
+                   beta: &Param<Tensor<Train, 1>>| {
+            let x = Tensor::<Train, 3>::from_inner(x.clone()).require_grad();
+            let y = forward(x.clone());
+            let loss = (y.clone() * Tensor::from_inner(weights.clone())).sum();
+            let grads = loss.backward();
+            let v = |t: Tensor<Cpu, 3>| t.into_data().to_vec::<f32>().unwrap();
+            let w = |t: Tensor<Cpu, 1>| t.into_data().to_vec::<f32>().unwrap();
+            [
+                v(y.inner()),
+                v(x.grad(&grads).expect("x")),
+                w(gamma.val().grad(&grads).expect("γ")),
+                w(beta.val().grad(&grads).expect("β")),
+            ]
+        };
+        let a = run(&|x| ours.forward(x), &ours.gamma, &ours.beta);
+        let b = run(
+            &|x| burns.forward(x),
+            &burns.gamma,
+            burns.beta.as_ref().expect("β"),
+        );
+        (a, b)
+    }
+
+    #[test]
+    fn same_values_as_burns_layer_norm_and_the_same_gradients() {
+        let (ours, burns) = both();
+        assert_eq!(ours[0], burns[0], "the forward pass is burn's, bitwise");
+        for (k, name) in [(1, "x"), (2, "gamma"), (3, "beta")] {
+            for (a, b) in ours[k].iter().zip(&burns[k]) {
+                assert!(
+                    (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+                    "∂{name}: {a} vs {b}"
+                );
+            }
+            assert!(
+                ours[k].iter().any(|v| v.abs() > 1e-3),
+                "∂{name} is not zero"
+            );
+        }
+    }
+
+    #[test]
+    fn inference_backends_use_burns_layer_norm() {
+        let device = cpu_device();
+        let x = Tensor::<Cpu, 2>::random([3, 8], Distribution::Normal(0.0, 1.0), &device);
+        let ours = LayerNorm::<Cpu>::new(8, 1e-12, &device).forward(x.clone());
+        let burns = LayerNormConfig::new(8)
+            .with_epsilon(1e-12)
+            .init::<Cpu>(&device)
+            .forward(x);
+        assert_eq!(
+            ours.into_data().to_vec::<f32>().unwrap(),
+            burns.into_data().to_vec::<f32>().unwrap()
+        );
+    }
+}
