@@ -18,6 +18,15 @@ pub fn cpu_device() -> burn::prelude::Device<Cpu> {
 #[cfg(feature = "cuda")]
 pub type Gpu = burn::backend::Cuda;
 
+/// `t` as `U`, which the caller has checked is `T`'s own type (by
+/// `TypeId`): how a generic forward pass hands its tensors to an operation
+/// written for one concrete autodiff backend.
+pub fn same_type<T: 'static, U: 'static>(t: T) -> U {
+    *(Box::new(t) as Box<dyn std::any::Any>)
+        .downcast::<U>()
+        .expect("checked to be the same type")
+}
+
 /// Whether the CUDA driver library can be loaded, so that the CUDA backend can
 /// start. Check this before making a CUDA device: on a machine without a driver,
 /// burn panics (on its device thread) instead of returning an error.

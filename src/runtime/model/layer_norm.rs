@@ -17,7 +17,7 @@
 //! Other backends (inference, the inner backend of evaluation) use burn's
 //! LayerNorm as it is.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -29,7 +29,7 @@ use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, TensorMetadata, TensorPrimitive};
 
-use crate::runtime::backend::Cpu;
+use crate::runtime::backend::{Cpu, same_type};
 
 /// `γ · (x − mean x) / √(var x + ε) + β` over the last dimension. Its
 /// parameters keep burn's names (`gamma`, `beta`), so checkpoints and
@@ -94,13 +94,6 @@ impl<B: Backend> LayerNorm<B> {
             TensorPrimitive::Float(y),
         )))
     }
-}
-
-/// `t` as `U`, which the caller has checked is `T`'s own type.
-fn same_type<T: 'static, U: 'static>(t: T) -> U {
-    *(Box::new(t) as Box<dyn Any>)
-        .downcast::<U>()
-        .expect("checked to be the same type")
 }
 
 /// burn's decomposition on the inner backend: the normalised input, the

@@ -8,6 +8,9 @@
 //! - **packed** base (QLoRA): `W` lives on the device as 4-bit (NF4, int4) or
 //!   8-bit codes, eight or four to an `i32` word, with one scale per block;
 //!   it is dequantized on the fly in `forward` and never receives gradients.
+//!   When training, the product is an autodiff operation of its own whose
+//!   backward pass dequantizes the weight again, as bitsandbytes does,
+//!   instead of keeping the dequantized weight from the forward pass.
 //!   The codes come from [`crate::quant`], the host reference.
 //! - **adapter**: `A` (`[d_in, r]`) and `B` (`[r, d_out]`). The product `A·B`
 //!   is never formed: the update is two thin matmuls, so neither a dense
@@ -24,12 +27,21 @@
 //! for the step, as under PyTorch's autocast. The backward pass of a cast
 //! casts the gradient back, so an f32 parameter gets an f32 gradient.
 
-use burn::module::Param;
+use std::any::TypeId;
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::module::{AutodiffModule, Param};
 use burn::prelude::*;
-use burn::tensor::FloatDType;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{FloatDType, TensorPrimitive};
 
 use crate::config::QuantFormat;
 use crate::quant::{self, NF4, Scales};
+use crate::runtime::backend::{Cpu, same_type};
 use crate::runtime::model::dropout::Dropout;
 
 /// A linear layer of the encoder.
@@ -204,7 +216,7 @@ impl<B: Backend> Projection<B> {
             let half = to_half(input.clone());
             return self.forward_with_half(input, half);
         }
-        let mut out = input.clone().matmul(self.base_weight().unsqueeze());
+        let mut out = self.base_product(input.clone(), false);
         if let Some(bias) = &self.bias {
             out = out + bias.val().unsqueeze();
         }
@@ -217,7 +229,7 @@ impl<B: Backend> Projection<B> {
     /// [`Projection::forward`] in bf16 given the input in both precisions
     /// (layers that read the same input cast it once).
     pub fn forward_with_half(&self, input: Tensor<B, 3>, half: Tensor<B, 3>) -> Tensor<B, 3> {
-        let mut out = to_full(half.clone().matmul(to_half(self.base_weight()).unsqueeze()));
+        let mut out = to_full(self.base_product(half.clone(), true));
         if let Some(bias) = &self.bias {
             out = out + bias.val().unsqueeze();
         }
@@ -225,6 +237,15 @@ impl<B: Backend> Projection<B> {
             out = out + adapter.forward_half(input, half);
         }
         out
+    }
+
+    /// `x · W` with the base weight, in bf16 when `half` (`x` is then bf16).
+    fn base_product(&self, x: Tensor<B, 3>, half: bool) -> Tensor<B, 3> {
+        if let Some(packed) = &self.packed {
+            return packed.product(x, half);
+        }
+        let w = self.base_weight();
+        x.matmul(if half { to_half(w) } else { w }.unsqueeze())
     }
 
     /// The base weight `[d_in, d_out]` in f32 (dequantized when packed).
@@ -357,6 +378,41 @@ impl<B: Backend> Packed<B> {
             .add_scalar(self.offset)
     }
 
+    /// `x · W` for `x` `[batch, seq, d_in]`, with `W` dequantized, and cast
+    /// to bf16 when `half` (`x` is then bf16 too). On the autodiff backends
+    /// ftl trains with, the backward pass dequantizes `W` again rather than
+    /// keep it from the forward pass.
+    pub fn product(&self, x: Tensor<B, 3>, half: bool) -> Tensor<B, 3> {
+        let x = match self.product_on_autodiff::<Cpu>(x, half) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
+        #[cfg(feature = "cuda")]
+        let x = match self.product_on_autodiff::<crate::runtime::backend::Gpu>(x, half) {
+            Ok(y) => return y,
+            Err(x) => x,
+        };
+        x.matmul(weight_for(self, half).unsqueeze())
+    }
+
+    /// [`Packed::product`] as an operation of its own when `B` is
+    /// `Autodiff<I>`; `x` back otherwise.
+    fn product_on_autodiff<I: Backend>(
+        &self,
+        x: Tensor<B, 3>,
+        half: bool,
+    ) -> Result<Tensor<B, 3>, Tensor<B, 3>> {
+        if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
+            return Err(x);
+        }
+        let x: Tensor<Autodiff<I>, 3> = same_type(x);
+        let packed: Packed<Autodiff<I>> = same_type(self.clone());
+        let y = packed_product::<I>(x.into_primitive().tensor(), packed.valid(), half);
+        Ok(same_type(Tensor::<Autodiff<I>, 3>::from_primitive(
+            TensorPrimitive::Float(y),
+        )))
+    }
+
     /// The weight `[d_in, d_out]` in f32.
     pub fn dequantize(&self) -> Tensor<B, 2> {
         let len = self.d_in * self.d_out;
@@ -369,6 +425,55 @@ impl<B: Backend> Packed<B> {
             .reshape([blocks * self.block_size])
             .slice(s![0..len])
             .reshape([self.d_in, self.d_out])
+    }
+}
+
+/// The dequantized weight, in bf16 when `half`.
+fn weight_for<B: Backend>(packed: &Packed<B>, half: bool) -> Tensor<B, 2> {
+    let w = packed.dequantize();
+    if half { to_half(w) } else { w }
+}
+
+/// The input's gradient of `x · W`: `g · Wᵀ`, `W` dequantized again.
+#[derive(Debug)]
+struct PackedProductBackward;
+
+impl<I: Backend> Backward<I, 1> for PackedProductBackward {
+    /// The packed weight (already on the device) and the precision.
+    type State = (Packed<I>, bool);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (packed, half) = ops.state;
+        let [x_node] = ops.parents;
+        let grad = grads.consume::<I>(&ops.node);
+        if let Some(node) = x_node {
+            let grad = Tensor::<I, 3>::from_primitive(TensorPrimitive::Float(grad));
+            let w = weight_for(&packed, half);
+            // As burn's autodiff does for a product: g · (the broadcast W)ᵀ.
+            let dx = grad.matmul(w.unsqueeze::<3>().transpose());
+            grads.register::<I>(node.id, dx.into_primitive().tensor());
+        }
+    }
+}
+
+/// [`Packed::product`] on `Autodiff<I>`'s tensors.
+fn packed_product<I: Backend>(
+    x: FloatTensor<Autodiff<I>>,
+    packed: Packed<I>,
+    half: bool,
+) -> FloatTensor<Autodiff<I>> {
+    let node = x.node.clone();
+    let y = Tensor::<I, 3>::from_primitive(TensorPrimitive::Float(x.primitive))
+        .matmul(weight_for(&packed, half).unsqueeze())
+        .into_primitive()
+        .tensor();
+    match PackedProductBackward
+        .prepare::<NoCheckpointing>([node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((packed, half), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
     }
 }
 
@@ -458,6 +563,35 @@ mod tests {
         let got: Vec<f32> = adapter.forward(input).into_data().to_vec().expect("f32");
         for v in got {
             assert!((v - expected).abs() < 1e-5, "{v} vs {expected}");
+        }
+    }
+
+    #[test]
+    fn the_packed_product_differentiates_as_burn_would_without_keeping_the_weight() {
+        let device = cpu_device();
+        let layer = Projection::<Train>::random(40, 24, &device).pack(QuantFormat::Nf4, 64, true);
+        let packed = layer.packed.as_ref().expect("packed");
+        let weights = x::<Cpu>(&device, 24);
+        for half in [false, true] {
+            let input = x::<Cpu>(&device, 40);
+            let run = |product: &dyn Fn(Tensor<Train, 3>) -> Tensor<Train, 3>| {
+                let x = Tensor::<Train, 3>::from_inner(input.clone()).require_grad();
+                let xin = if half { to_half(x.clone()) } else { x.clone() };
+                let y = to_full(product(xin));
+                let loss = (y.clone() * Tensor::from_inner(weights.clone())).sum();
+                let grads = loss.backward();
+                let dx = x.grad(&grads).expect("x has a gradient");
+                (
+                    y.inner().into_data().to_vec::<f32>().unwrap(),
+                    dx.into_data().to_vec::<f32>().unwrap(),
+                )
+            };
+            // The operation, and burn's autodiff through the dequantization.
+            let ours = run(&|x| packed.product(x, half));
+            let burns = run(&|x| x.matmul(weight_for(packed, half).unsqueeze()));
+            assert_eq!(ours.0, burns.0, "half = {half}: the same values");
+            assert_eq!(ours.1, burns.1, "half = {half}: the same input gradient");
+            assert!(ours.1.iter().any(|g| g.abs() > 1e-3));
         }
     }
 
