@@ -71,9 +71,8 @@ pub struct AdamW<B: Backend> {
     /// Steps taken (bias correction uses it).
     pub steps: u64,
     layout: Vec<Segment>,
-    /// Values in each group's buffers (0 for a group with no parameter).
-    totals: [usize; 2],
-    flat: Option<[Option<Flat<B>>; 2]>,
+    /// Each group's buffers (none for a group with no parameter).
+    flat: [Option<Flat<B>>; 2],
     /// Moments restored from a checkpoint, placed at the next step.
     restored: HashMap<ParamId, Moments<B>>,
 }
@@ -91,8 +90,7 @@ impl<B: Backend> AdamW<B> {
             settings,
             steps: 0,
             layout: Vec::new(),
-            totals: [0, 0],
-            flat: None,
+            flat: [None, None],
             restored: HashMap::new(),
         }
     }
@@ -103,7 +101,7 @@ impl<B: Backend> AdamW<B> {
             return Some(m.clone());
         }
         let s = self.layout.iter().find(|s| s.id == *id)?;
-        let flat = self.flat.as_ref()?[s.group].as_ref()?;
+        let flat = self.flat[s.group].as_ref()?;
         Some(Moments {
             m: flat.m.clone().slice(s.range()),
             v: flat.v.clone().slice(s.range()),
@@ -152,13 +150,14 @@ impl<B: Backend> AdamW<B> {
                 .iter()
                 .zip(&self.layout)
                 .all(|((id, dims), s)| *id == s.id && *dims == s.dims);
-        if !same || self.flat.is_none() {
+        if !same {
             self.relayout(&model, &gathered.ids, &device);
         }
         // The gradients, laid out as the parameters are.
-        let mut g: [Option<Tensor<B, 1>>; 2] = self
-            .totals
-            .map(|n| (n > 0).then(|| Tensor::zeros([n], &device)));
+        let mut g: [Option<Tensor<B, 1>>; 2] = [0, 1].map(|group| {
+            let flat = self.flat[group].as_ref()?;
+            Some(Tensor::zeros(flat.p.dims(), &device))
+        });
         for (s, grad) in self.layout.iter().zip(gathered.grads) {
             let group = g[s.group].take().expect("a group that holds it");
             g[s.group] = Some(group.slice_assign(s.range(), grad));
@@ -177,7 +176,7 @@ impl<B: Backend> AdamW<B> {
         let t = self.steps as i32;
         let correction1 = 1.0 - b1.powi(t);
         let correction2 = 1.0 - b2.powi(t);
-        let mut flat = self.flat.take().expect("laid out above");
+        let mut flat = std::mem::take(&mut self.flat);
         for (group, g) in g.into_iter().enumerate() {
             let (Some(mut g), Some(Flat { mut p, m, v })) = (g, flat[group].take()) else {
                 continue;
@@ -202,7 +201,7 @@ impl<B: Backend> AdamW<B> {
             layout: &self.layout,
             flat: &flat,
         });
-        self.flat = Some(flat);
+        self.flat = flat;
         (model, Some(norm))
     }
 
@@ -241,7 +240,6 @@ impl<B: Backend> AdamW<B> {
                 s
             })
             .collect();
-        self.totals = ends;
         let mut flat: [Option<Flat<B>>; 2] = ends.map(|n| {
             (n > 0).then(|| Flat {
                 p: Tensor::zeros([n], device),
@@ -263,7 +261,7 @@ impl<B: Backend> AdamW<B> {
             }
             flat[s.group] = Some(Flat { p, m, v });
         }
-        self.flat = Some(flat);
+        self.flat = flat;
     }
 }
 
