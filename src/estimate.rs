@@ -128,30 +128,38 @@ pub fn estimate(config: &RunConfig) -> MemoryEstimate {
     let packed = config.quantize.format != QuantFormat::None;
     let packed_half = packed && config.quantize.compute == Precision::Bf16;
     // Kept for the backward pass, per token of a layer. fp32: the inputs of
-    // the projections, q, k, v and the context, the two LayerNorms'
-    // normalised inputs (ftl's LayerNorm keeps no centred copy) and the two
-    // dropout masks on the hidden states, one byte per value (26·h bytes),
-    // GELU's input and output (8·i), and per head and key the softmax output
-    // and the dropped probabilities with their one-byte mask (5). bf16
-    // products keep bf16 copies of what the products read (the shared q/k/v
-    // input, q, k, v, the context, the feed-forward input, GELU's output, the
-    // dropped probabilities) and f32 the rest. Measured on the H200
-    // (BENCHMARKS.md) before the LayerNorm and packed-product operations:
-    // within 6% of the peak for MiniLM and MPNet, full, LoRA and QLoRA; those
-    // two operations are counted here, not yet measured.
+    // the projections, q, k, v and the context, the two LayerNorms' kept
+    // tensors and the two dropout masks on the hidden states, one byte per
+    // value (26·h bytes when the LayerNorms train, 34·h when they are
+    // frozen), GELU's input and output (8·i), and per head and key the
+    // softmax output and the dropped probabilities with their one-byte mask
+    // (5). bf16 products keep bf16 copies of what the products read (the
+    // shared q/k/v input, q, k, v, the context, the feed-forward input,
+    // GELU's output, the dropped probabilities) and f32 the rest.
+    //
+    // The LayerNorm terms are measured, not only counted: ftl's LayerNorm
+    // (one normalised tensor kept per LayerNorm) lowered full fine-tuning's
+    // peak on the H200 by what one tensor less per LayerNorm predicts, and
+    // left LoRA's peak where it was (BENCHMARKS.md). With frozen γ and β,
+    // burn's own decomposition already kept as little, and something else
+    // of that size (counted here as a second tensor) stays alive.
+    let layer_norms_train = matches!(config.method, Method::Full);
+    let frozen_norms = if layer_norms_train { 0 } else { 8 * h };
     let per_layer = if bf16 {
-        b * s * (14 * h + 6 * i) + b * heads * s * s * 3
+        b * s * (14 * h + frozen_norms + 6 * i) + b * heads * s * s * 3
     } else {
-        b * s * (26 * h + 8 * i) + b * heads * s * s * 5
+        b * s * (26 * h + frozen_norms + 8 * i) + b * heads * s * s * 5
     };
     // A product's backward pass also needs its weight: under bf16 a bf16 copy
-    // of every dense linear weight lives until then. A packed base keeps none:
-    // its backward pass dequantizes again, so only one dequantized weight
-    // (the largest: f32, plus its bf16 copy under bf16) exists at a time.
-    let weight_copies = if packed {
-        h * i * if packed_half { 6 } else { 4 }
-    } else if bf16 {
-        linear * 2
+    // of every linear weight lives until then; a packed base in fp32 keeps its
+    // dequantized f32 weights; in bf16 those are bf16 copies, and only one f32
+    // dequantized weight (the largest) exists at a time. (On the CPU a packed
+    // base dequantizes again in the backward pass and keeps none; the
+    // estimate is the CUDA figure.)
+    let weight_copies = if bf16 || packed_half {
+        linear * 2 + if packed { h * i * 4 } else { 0 }
+    } else if packed {
+        linear * 4
     } else {
         0
     };
