@@ -40,22 +40,18 @@ use burn::tensor::backend::AutodiffBackend;
 use ftl::config::{Lora, Method, Precision, QuantFormat, Quantize};
 use ftl::quant;
 use ftl::runtime::backend::{Cpu, cpu_device};
-use ftl::runtime::model::loader::expected_tensors;
 use ftl::runtime::model::projection::{to_full, to_half};
 use ftl::runtime::model::{
     ClassificationHeadConfig, Classifier, EncoderConfig, Packed, Pooling, load_encoder,
 };
 use ftl::runtime::train::state::named_params;
 
+#[path = "random_weights.rs"]
+mod random_weights;
+use random_weights::{MINILM, lcg, write_random_weights};
+
 const BATCH: usize = 32;
 const SEQ: usize = 64;
-
-fn lcg(state: &mut u64) -> f32 {
-    *state = state
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    ((*state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-}
 
 fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut state = seed;
@@ -160,42 +156,6 @@ fn rel(a: &[f32], b: &[f32]) -> f32 {
 
 fn norm(a: &[f32]) -> f32 {
     a.iter().map(|v| v * v).sum::<f32>().sqrt()
-}
-
-const MINILM: &str = r#"{"model_type": "bert", "vocab_size": 30522, "hidden_size": 384,
-  "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536,
-  "max_position_embeddings": 512, "type_vocab_size": 2, "pad_token_id": 0, "layer_norm_eps": 1e-12}"#;
-
-fn write_random_weights(path: &Path, config: &EncoderConfig) {
-    let mut state = 42u64;
-    let tensors: Vec<(String, Vec<usize>, Vec<u8>)> = expected_tensors(config)
-        .into_iter()
-        .map(|t| {
-            let n: usize = t.stored.iter().product();
-            let is_gamma = t.path.ends_with("gamma");
-            let bytes = (0..n)
-                .flat_map(|_| {
-                    let v = lcg(&mut state) * 0.1 + if is_gamma { 1.0 } else { 0.0 };
-                    v.to_le_bytes()
-                })
-                .collect();
-            (t.upstream, t.stored, bytes)
-        })
-        .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(name, shape, data)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                    .expect("consistent view");
-            (name.clone(), view)
-        })
-        .collect();
-    std::fs::write(
-        path,
-        safetensors::serialize(views, None).expect("serializes"),
-    )
-    .expect("writes");
 }
 
 /// The global gradient norm of one batch and each trained parameter's.
