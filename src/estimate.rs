@@ -82,7 +82,8 @@ fn module_shape(name: &str, hidden: u64, inter: u64) -> (u64, u64) {
     }
 }
 
-/// Bytes of the base weights as stored.
+/// Bytes of the base weights as stored. A frozen dense base under bf16
+/// products (LoRA) keeps its linear weights in bf16 only.
 fn base_weight_bytes(config: &RunConfig, base_params: u64) -> u64 {
     let d = &config.model.base.dims;
     let linear = d.layers as u64
@@ -90,6 +91,7 @@ fn base_weight_bytes(config: &RunConfig, base_params: u64) -> u64 {
     let rest = base_params - linear;
     let q = &config.quantize;
     match q.format.bits() {
+        None if frozen_base_in_half(config) => linear * 2 + rest * 4,
         None => base_params * 4,
         Some(bits) => {
             let blocks = linear.div_ceil(q.block_size as u64);
@@ -101,6 +103,13 @@ fn base_weight_bytes(config: &RunConfig, base_params: u64) -> u64 {
             linear * bits as u64 / 8 + scales + rest * 4
         }
     }
+}
+
+/// LoRA with bf16 products: the frozen dense base is kept in bf16 only.
+fn frozen_base_in_half(config: &RunConfig) -> bool {
+    config.train.precision == Precision::Bf16
+        && matches!(config.method, Method::Lora(_))
+        && config.quantize.format == QuantFormat::None
 }
 
 /// Estimates the peak device memory of one run.
@@ -151,12 +160,15 @@ pub fn estimate(config: &RunConfig) -> MemoryEstimate {
         b * s * (26 * h + frozen_norms + 8 * i) + b * heads * s * s * 5
     };
     // A product's backward pass also needs its weight: under bf16 a bf16 copy
-    // of every linear weight lives until then; a packed base in fp32 keeps its
-    // dequantized f32 weights; in bf16 those are bf16 copies, and only one f32
-    // dequantized weight (the largest) exists at a time. (On the CPU a packed
-    // base dequantizes again in the backward pass and keeps none; the
-    // estimate is the CUDA figure.)
-    let weight_copies = if bf16 || packed_half {
+    // of every trained linear weight lives until then (a frozen base kept in
+    // bf16 is itself what the product keeps: no copy); a packed base in fp32
+    // keeps its dequantized f32 weights; in bf16 those are bf16 copies, and
+    // only one f32 dequantized weight (the largest) exists at a time. (On the
+    // CPU a packed base dequantizes again in the backward pass and keeps
+    // none; the estimate is the CUDA figure.)
+    let weight_copies = if frozen_base_in_half(config) {
+        0
+    } else if bf16 || packed_half {
         linear * 2 + if packed { h * i * 4 } else { 0 }
     } else if packed {
         linear * 4

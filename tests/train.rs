@@ -15,7 +15,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use ftl::config::{AdamW as AdamWSettings, Lora, Method, Precision, QuantFormat, Quantize};
 use ftl::runtime::backend::{Cpu, cpu_device};
-use ftl::runtime::model::classifier::Classifier;
+use ftl::runtime::model::classifier::{Classifier, for_each_projection, for_each_projection_ref};
 use ftl::runtime::model::head::{ClassificationHeadConfig, Pooling};
 use ftl::runtime::model::load_encoder;
 use ftl::runtime::train::optim::AdamW;
@@ -635,6 +635,104 @@ fn bf16_products_track_fp32_and_keep_f32_master_weights() {
     let changed = before.iter().filter(|(k, v)| after[*k] != **v).count();
     assert!(changed > before.len() * 9 / 10, "{changed} changed");
     assert!(after.values().flatten().all(|v| v.is_finite()));
+}
+
+/// LoRA under bf16 keeps its frozen base in bf16 only. The products read the
+/// same values as casting an f32 base every step (bitwise the same logits
+/// and adapter gradients), the adapters and head stay f32, and merging with
+/// the f32 base read again gives exactly that base plus the update.
+#[test]
+fn lora_in_bf16_keeps_the_frozen_base_in_bf16_and_merges_from_the_f32_base() {
+    let _serial = serial();
+    let device = cpu_device();
+    let base = classifier(&Method::Lora(lora()), &no_quant());
+    let mut cast_each_step = base.clone();
+    for layer in &mut cast_each_step.encoder.layers {
+        layer.attention.half = true;
+        for_each_projection(layer, |p| p.half = true);
+    }
+    let kept = base.clone().compute_in_half(true, false);
+    assert!(kept.base_in_half() && !cast_each_step.base_in_half());
+    for layer in &kept.encoder.layers {
+        for_each_projection_ref(layer, |p| {
+            let w = p.weight.as_ref().expect("a dense base").val();
+            assert_eq!(
+                w.dtype(),
+                burn::tensor::DType::BF16,
+                "the frozen base is bf16"
+            );
+            if let Some(adapter) = &p.adapter {
+                assert_eq!(adapter.b.val().dtype(), burn::tensor::DType::F32);
+            }
+        });
+    }
+    let word = kept.encoder.embeddings.word.weight.val();
+    assert_eq!(
+        word.dtype(),
+        burn::tensor::DType::F32,
+        "embeddings stay f32"
+    );
+
+    let ids = Tensor::<Train, 2, Int>::from_data(
+        TensorData::new(vec![2i64, 5, 6, 7, 3, 2, 9, 3, 0, 0], [2, 5]),
+        &device,
+    );
+    let mask = ids.clone().not_equal_elem(0).int();
+    let targets = Tensor::<Train, 1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
+    let run = |m: &Classifier<Train>| {
+        <Train as burn::tensor::backend::Backend>::seed(&device, 7);
+        let logits = m.forward(ids.clone(), mask.clone());
+        let loss = CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(logits.clone(), targets.clone());
+        let grads = loss.backward();
+        let adapter = m.encoder.layers[1]
+            .attention
+            .value
+            .adapter
+            .as_ref()
+            .unwrap();
+        let grad = adapter.b.grad(&grads).expect("B trains");
+        let logits: Vec<f32> = logits.inner().into_data().to_vec().unwrap();
+        let grad: Vec<f32> = grad.into_data().to_vec().unwrap();
+        (logits, grad)
+    };
+    let (logits_cast, grad_cast) = run(&cast_each_step);
+    let (logits_kept, grad_kept) = run(&kept);
+    assert_eq!(logits_cast, logits_kept, "the same logits, bitwise");
+    assert!(grad_kept.iter().any(|g| *g != 0.0), "B has a gradient");
+    assert_eq!(grad_cast, grad_kept, "the same adapter gradient, bitwise");
+
+    // Train the adapters so the merge has something to fold in.
+    let trained = train_steps(kept).valid();
+    let query = &trained.encoder.layers[0].attention.query;
+    let update = query.adapter.as_ref().unwrap().delta();
+    let f32_base = base.encoder.layers[0].attention.query.base_weight().inner();
+    let expected: Vec<f32> = (f32_base + update).into_data().to_vec().unwrap();
+    let merged_weight = |m: Classifier<Cpu>| -> Vec<f32> {
+        let merged = m.merged();
+        let w = merged.encoder.layers[0]
+            .attention
+            .query
+            .weight
+            .as_ref()
+            .unwrap()
+            .val();
+        assert_eq!(w.dtype(), burn::tensor::DType::F32);
+        w.into_data().to_vec().unwrap()
+    };
+    let from_file = trained.clone().with_full_base(base.encoder.clone().valid());
+    assert!(!from_file.base_in_half());
+    assert_eq!(
+        merged_weight(from_file),
+        expected,
+        "merged from the f32 base"
+    );
+    assert_ne!(
+        merged_weight(trained),
+        expected,
+        "merging the bf16 copy would round the base"
+    );
 }
 
 /// QLoRA's `quantize.compute = bf16` alone: only packed layers use bf16.

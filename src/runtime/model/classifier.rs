@@ -78,11 +78,45 @@ impl<B: Backend> Classifier<B> {
 
     /// Chooses bf16 products: everywhere in the encoder (`all`), or only in
     /// the layers whose base is packed (`packed`, QLoRA's compute dtype).
-    /// Weights stay f32; embeddings, LayerNorm, softmax and the head stay f32.
+    /// Trained weights stay f32; with `all`, a frozen dense base (LoRA) is
+    /// kept in bf16 only, as its products read it. Embeddings, LayerNorm,
+    /// softmax and the head stay f32.
     pub fn compute_in_half(mut self, all: bool, packed: bool) -> Self {
         for layer in &mut self.encoder.layers {
             layer.attention.half = all;
-            for_each_projection(layer, |p| p.half = all || (packed && p.packed.is_some()));
+            for_each_projection(layer, |p| {
+                p.half = all || (packed && p.packed.is_some());
+                if all {
+                    p.keep_base_in_half();
+                }
+            });
+        }
+        self
+    }
+
+    /// Whether any base weight is kept in bf16 (so merging needs the f32
+    /// base from its file: [`Classifier::with_full_base`]).
+    pub fn base_in_half(&self) -> bool {
+        self.encoder.layers.iter().any(|layer| {
+            let mut any = false;
+            for_each_projection_ref(layer, |p| any |= p.base_in_half());
+            any
+        })
+    }
+
+    /// Puts back the f32 base weights of `fresh` (the same model, loaded
+    /// again from its file) wherever this model keeps a base in bf16.
+    pub fn with_full_base(mut self, mut fresh: Encoder<B>) -> Self {
+        for (layer, fresh) in self.encoder.layers.iter_mut().zip(&mut fresh.layers) {
+            let mut bases = Vec::with_capacity(6);
+            for_each_projection(fresh, |p| bases.push(p.weight.take()));
+            let mut bases = bases.into_iter();
+            for_each_projection(layer, |p| {
+                let base = bases.next().flatten();
+                if p.base_in_half() {
+                    p.weight = base;
+                }
+            });
         }
         self
     }
@@ -102,18 +136,9 @@ impl<B: Backend> Classifier<B> {
     pub fn packed_bytes(&self) -> usize {
         let mut total = 0;
         for layer in &self.encoder.layers {
-            let a = &layer.attention;
-            let f = &layer.feed_forward;
-            for p in [
-                &a.query,
-                &a.key,
-                &a.value,
-                &a.output,
-                &f.intermediate,
-                &f.output,
-            ] {
+            for_each_projection_ref(layer, |p| {
                 total += p.packed.as_ref().map_or(0, |p| p.bytes());
-            }
+            });
         }
         total
     }
@@ -145,6 +170,25 @@ pub fn for_each_projection<B: Backend>(
     let ff = &mut layer.feed_forward;
     f(&mut ff.intermediate);
     f(&mut ff.output);
+}
+
+/// [`for_each_projection`], read-only.
+pub fn for_each_projection_ref<B: Backend>(
+    layer: &EncoderLayer<B>,
+    mut f: impl FnMut(&Projection<B>),
+) {
+    let a = &layer.attention;
+    let ff = &layer.feed_forward;
+    for p in [
+        &a.query,
+        &a.key,
+        &a.value,
+        &a.output,
+        &ff.intermediate,
+        &ff.output,
+    ] {
+        f(p);
+    }
 }
 
 /// The projection a Hugging Face module name (`query`, `q`,

@@ -28,10 +28,16 @@
 //!
 //! **bf16 compute** (`half`): the products run on bf16 copies of the input and
 //! of the (f32 or dequantized) weight, accumulate in f32 inside the kernel,
-//! and come back as f32 before the bias is added. Weights, their gradients
-//! and the optimizer stay f32 (the master copy): the bf16 copies exist only
-//! for the step, as under PyTorch's autocast. The backward pass of a cast
-//! casts the gradient back, so an f32 parameter gets an f32 gradient.
+//! and come back as f32 before the bias is added. Trained weights, their
+//! gradients and the optimizer stay f32 (the master copy): the bf16 copies
+//! exist only for the step, as under PyTorch's autocast. The backward pass of
+//! a cast casts the gradient back, so an f32 parameter gets an f32 gradient.
+//! A frozen dense base (LoRA) is kept in bf16 only
+//! ([`Projection::keep_base_in_half`]): the products read exactly the values
+//! a per-step cast would give, the f32 copy is never updated, and the product
+//! keeps the stored weight for its backward pass instead of a fresh copy.
+//! Merging such a layer for export reads the f32 base from its file again
+//! ([`crate::runtime::model::classifier::Classifier::with_full_base`]).
 
 use std::any::TypeId;
 
@@ -43,7 +49,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::module::{AutodiffModule, Param};
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{FloatDType, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, TensorPrimitive};
 
 use crate::config::QuantFormat;
 use crate::quant::{self, NF4, Scales};
@@ -73,6 +79,24 @@ pub fn to_half<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 /// A bf16 result back in f32.
 pub fn to_full<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.cast(FloatDType::F32)
+}
+
+/// `x` in bf16, cast only when it is not already.
+fn as_half<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if x.dtype() == DType::BF16 {
+        x
+    } else {
+        to_half(x)
+    }
+}
+
+/// `x` in f32, cast only when it is not already.
+fn as_full<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if x.dtype() == DType::F32 {
+        x
+    } else {
+        to_full(x)
+    }
 }
 
 /// Settings of a LoRA adapter.
@@ -250,17 +274,38 @@ impl<B: Backend> Projection<B> {
         if let Some(packed) = &self.packed {
             return packed.product(x, half);
         }
-        let w = self.base_weight();
-        x.matmul(if half { to_half(w) } else { w }.unsqueeze())
+        let w = self.weight.as_ref().expect("a dense base").val();
+        x.matmul(if half { as_half(w) } else { as_full(w) }.unsqueeze())
     }
 
-    /// The base weight `[d_in, d_out]` in f32 (dequantized when packed).
+    /// The base weight `[d_in, d_out]` in f32 (dequantized when packed,
+    /// widened when kept in bf16).
     pub fn base_weight(&self) -> Tensor<B, 2> {
         match (&self.weight, &self.packed) {
-            (Some(w), _) => w.val(),
+            (Some(w), _) => as_full(w.val()),
             (None, Some(p)) => p.dequantize(),
             (None, None) => panic!("a projection always holds a base weight"),
         }
+    }
+
+    /// Keeps a frozen dense base weight in bf16 only, for bf16 products
+    /// (see the module documentation). A weight that trains, a packed base
+    /// or one already in bf16 is left as it is.
+    pub fn keep_base_in_half(&mut self) {
+        if let Some(w) = &self.weight {
+            let value = w.val();
+            if !value.is_require_grad() && value.dtype() == DType::F32 {
+                let half = to_half(value.detach());
+                self.weight = Some(Param::initialized(w.id, half));
+            }
+        }
+    }
+
+    /// Whether the dense base weight is kept in bf16.
+    pub fn base_in_half(&self) -> bool {
+        self.weight
+            .as_ref()
+            .is_some_and(|w| w.val().dtype() == DType::BF16)
     }
 
     /// Stores the base weight in `format`, dropping the dense copy.

@@ -969,6 +969,15 @@ pub fn save_merged<B: Backend>(
     config: &EncoderConfig,
     resolved: &Resolved,
 ) -> RuntimeResult<()> {
+    // A frozen base kept in bf16 for training is merged from its f32 file,
+    // so the merged weights are the base's own plus the update.
+    let model = if model.base_in_half() {
+        let device = model.head.classifier.weight.device();
+        let (_, fresh, _) = load_model_dir::<B>(&resolved.dir, &device)?;
+        model.with_full_base(fresh)
+    } else {
+        model
+    };
     save_hf_model(out, &model.merged(), cfg, config, resolved)
 }
 
