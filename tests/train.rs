@@ -432,6 +432,23 @@ fn no_quant() -> Quantize {
     }
 }
 
+/// Two sentences (the second padded) and their labels.
+fn fixed_batch(
+    device: &burn::prelude::Device<Train>,
+) -> (
+    Tensor<Train, 2, Int>,
+    Tensor<Train, 2, Int>,
+    Tensor<Train, 1, Int>,
+) {
+    let ids = Tensor::<Train, 2, Int>::from_data(
+        TensorData::new(vec![2i64, 5, 6, 7, 3, 2, 9, 3, 0, 0], [2, 5]),
+        device,
+    );
+    let mask = ids.clone().not_equal_elem(0).int();
+    let targets = Tensor::<Train, 1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), device);
+    (ids, mask, targets)
+}
+
 /// Three AdamW steps on a fixed batch.
 fn train_steps(mut model: Classifier<Train>) -> Classifier<Train> {
     let device = cpu_device();
@@ -440,12 +457,7 @@ fn train_steps(mut model: Classifier<Train>) -> Classifier<Train> {
         eps: 1e-8,
         weight_decay: 0.01,
     });
-    let ids = Tensor::<Train, 2, Int>::from_data(
-        TensorData::new(vec![2i64, 5, 6, 7, 3, 2, 9, 3, 0, 0], [2, 5]),
-        &device,
-    );
-    let mask = ids.clone().not_equal_elem(0).int();
-    let targets = Tensor::<Train, 1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
+    let (ids, mask, targets) = fixed_batch(&device);
     for _ in 0..3 {
         let logits = model.forward(ids.clone(), mask.clone());
         let loss = CrossEntropyLossConfig::new()
@@ -581,12 +593,7 @@ fn bf16_products_track_fp32_and_keep_f32_master_weights() {
     let device = cpu_device();
     let fp32 = classifier(&Method::Full, &no_quant());
     let half = fp32.clone().compute_in_half(true, false);
-    let ids = Tensor::<Train, 2, Int>::from_data(
-        TensorData::new(vec![2i64, 5, 6, 7, 3, 2, 9, 3, 0, 0], [2, 5]),
-        &device,
-    );
-    let mask = ids.clone().not_equal_elem(0).int();
-    let targets = Tensor::<Train, 1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
+    let (ids, mask, targets) = fixed_batch(&device);
     let run = |m: &Classifier<Train>| {
         // The same dropout masks for both.
         <Train as burn::tensor::backend::Backend>::seed(&device, 7);
@@ -673,12 +680,7 @@ fn lora_in_bf16_keeps_the_frozen_base_in_bf16_and_merges_from_the_f32_base() {
         "embeddings stay f32"
     );
 
-    let ids = Tensor::<Train, 2, Int>::from_data(
-        TensorData::new(vec![2i64, 5, 6, 7, 3, 2, 9, 3, 0, 0], [2, 5]),
-        &device,
-    );
-    let mask = ids.clone().not_equal_elem(0).int();
-    let targets = Tensor::<Train, 1, Int>::from_data(TensorData::new(vec![0i64, 1], [2]), &device);
+    let (ids, mask, targets) = fixed_batch(&device);
     let run = |m: &Classifier<Train>| {
         <Train as burn::tensor::backend::Backend>::seed(&device, 7);
         let logits = m.forward(ids.clone(), mask.clone());
