@@ -15,7 +15,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use ftl::config::{AdamW as AdamWSettings, Lora, Method, Precision, QuantFormat, Quantize};
 use ftl::runtime::backend::{Cpu, cpu_device};
-use ftl::runtime::model::classifier::{Classifier, for_each_projection, for_each_projection_ref};
+use ftl::runtime::model::classifier::{Classifier, for_each_projection, projections};
 use ftl::runtime::model::head::{ClassificationHeadConfig, Pooling};
 use ftl::runtime::model::load_encoder;
 use ftl::runtime::train::optim::AdamW;
@@ -661,7 +661,7 @@ fn lora_in_bf16_keeps_the_frozen_base_in_bf16_and_merges_from_the_f32_base() {
     let kept = base.clone().compute_in_half(true, false);
     assert!(kept.base_in_half() && !cast_each_step.base_in_half());
     for layer in &kept.encoder.layers {
-        for_each_projection_ref(layer, |p| {
+        for p in projections(layer) {
             let w = p.weight.as_ref().expect("a dense base").val();
             assert_eq!(
                 w.dtype(),
@@ -671,7 +671,7 @@ fn lora_in_bf16_keeps_the_frozen_base_in_bf16_and_merges_from_the_f32_base() {
             if let Some(adapter) = &p.adapter {
                 assert_eq!(adapter.b.val().dtype(), burn::tensor::DType::F32);
             }
-        });
+        }
     }
     let word = kept.encoder.embeddings.word.weight.val();
     assert_eq!(

@@ -97,26 +97,24 @@ impl<B: Backend> Classifier<B> {
     /// Whether any base weight is kept in bf16 (so merging needs the f32
     /// base from its file: [`Classifier::with_full_base`]).
     pub fn base_in_half(&self) -> bool {
-        self.encoder.layers.iter().any(|layer| {
-            let mut any = false;
-            for_each_projection_ref(layer, |p| any |= p.base_in_half());
-            any
-        })
+        self.encoder
+            .layers
+            .iter()
+            .any(|layer| projections(layer).iter().any(|p| p.base_in_half()))
     }
 
     /// Puts back the f32 base weights of `fresh` (the same model, loaded
     /// again from its file) wherever this model keeps a base in bf16.
     pub fn with_full_base(mut self, mut fresh: Encoder<B>) -> Self {
         for (layer, fresh) in self.encoder.layers.iter_mut().zip(&mut fresh.layers) {
-            let mut bases = Vec::with_capacity(6);
-            for_each_projection(fresh, |p| bases.push(p.weight.take()));
-            let mut bases = bases.into_iter();
-            for_each_projection(layer, |p| {
-                let base = bases.next().flatten();
+            for (p, f) in projections_mut(layer)
+                .into_iter()
+                .zip(projections_mut(fresh))
+            {
                 if p.base_in_half() {
-                    p.weight = base;
+                    p.weight = f.weight.take();
                 }
-            });
+            }
         }
         self
     }
@@ -134,13 +132,13 @@ impl<B: Backend> Classifier<B> {
 
     /// Bytes of packed base weights on the device.
     pub fn packed_bytes(&self) -> usize {
-        let mut total = 0;
-        for layer in &self.encoder.layers {
-            for_each_projection_ref(layer, |p| {
-                total += p.packed.as_ref().map_or(0, |p| p.bytes());
-            });
-        }
-        total
+        self.encoder
+            .layers
+            .iter()
+            .flat_map(projections)
+            .filter_map(|p| p.packed.as_ref())
+            .map(|p| p.bytes())
+            .sum()
     }
 }
 
@@ -157,38 +155,38 @@ impl<B: Backend> Projection<B> {
     }
 }
 
-/// Calls `f` on each of a layer's six linear layers.
-pub fn for_each_projection<B: Backend>(
-    layer: &mut EncoderLayer<B>,
-    mut f: impl FnMut(&mut Projection<B>),
-) {
-    let a = &mut layer.attention;
-    f(&mut a.query);
-    f(&mut a.key);
-    f(&mut a.value);
-    f(&mut a.output);
-    let ff = &mut layer.feed_forward;
-    f(&mut ff.intermediate);
-    f(&mut ff.output);
-}
-
-/// [`for_each_projection`], read-only.
-pub fn for_each_projection_ref<B: Backend>(
-    layer: &EncoderLayer<B>,
-    mut f: impl FnMut(&Projection<B>),
-) {
-    let a = &layer.attention;
-    let ff = &layer.feed_forward;
-    for p in [
+/// A layer's six linear layers.
+pub fn projections<B: Backend>(layer: &EncoderLayer<B>) -> [&Projection<B>; 6] {
+    let (a, ff) = (&layer.attention, &layer.feed_forward);
+    [
         &a.query,
         &a.key,
         &a.value,
         &a.output,
         &ff.intermediate,
         &ff.output,
-    ] {
-        f(p);
-    }
+    ]
+}
+
+/// [`projections`], mutable.
+pub fn projections_mut<B: Backend>(layer: &mut EncoderLayer<B>) -> [&mut Projection<B>; 6] {
+    let (a, ff) = (&mut layer.attention, &mut layer.feed_forward);
+    [
+        &mut a.query,
+        &mut a.key,
+        &mut a.value,
+        &mut a.output,
+        &mut ff.intermediate,
+        &mut ff.output,
+    ]
+}
+
+/// Calls `f` on each of a layer's six linear layers.
+pub fn for_each_projection<B: Backend>(
+    layer: &mut EncoderLayer<B>,
+    f: impl FnMut(&mut Projection<B>),
+) {
+    projections_mut(layer).into_iter().for_each(f);
 }
 
 /// The projection a Hugging Face module name (`query`, `q`,
