@@ -133,12 +133,28 @@ pub fn cold_cache_notice(dir: &std::path::Path) -> Option<String> {
 
 /// Keeps cubecl's autotune results and compiled kernels in ftl's cache
 /// (`FTL_HOME/cubecl`), so that a second run on the same GPU starts warm
-/// wherever it is launched from. Call before the first CUDA device is made;
-/// a configuration set earlier (a `cubecl.toml`) is left alone, and cubecl's
-/// environment variables apply on top. Returns the cache folder ftl set.
+/// wherever it is launched from, and gives every device buffer its own
+/// allocation of its exact size (see below). Call before the first CUDA
+/// device is made; a configuration set earlier (a `cubecl.toml`) is left
+/// alone, and cubecl's environment variables apply on top. Returns the cache
+/// folder ftl set.
+///
+/// Memory: cubecl 0.10's CUDA runtime always builds its default pools
+/// (`RuntimeOptions::default()` in `DeviceService::init`; nothing outside
+/// the crate can change them). Their page sizes follow from the device's
+/// memory, a quarter of it divided by 4 again and again: on an H200
+/// (143,771 MiB), pages of about 9 MB, 37 MB, 147 MB, 589 MB, 2.4 GB and
+/// 9.4 GB, each pool taking buffers up to 1/64, 1/32, … 1/2 of its page.
+/// One 87 MiB buffer (MiniLM's flat parameters) reserves a 2.4 GB page; a
+/// 6 MB activation a 147 MB one.
+/// Persistent memory, enforced, instead allocates each buffer at its exact
+/// size and reuses a freed one of the same size. A training step allocates
+/// the same sizes every time, so after the first step the device holds
+/// what the largest step needs and nothing grows.
 #[cfg(feature = "cuda")]
 pub fn use_ftl_kernel_cache() -> Option<std::path::PathBuf> {
     use cubecl::config::cache::CacheConfig;
+    use cubecl::config::memory::PersistentMemory;
     use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
     static ROOT: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
@@ -153,6 +169,7 @@ pub fn use_ftl_kernel_cache() -> Option<std::path::PathBuf> {
         let mut config = CubeClRuntimeConfig::default();
         config.autotune.cache = CacheConfig::File(root.clone());
         config.compilation.cache = Some(CacheConfig::File(root.clone()));
+        config.memory.persistent_memory = PersistentMemory::Enforced;
         // cubecl's own environment variables (CUBECL_AUTOTUNE_LEVEL,
         // CUBECL_DEBUG_LOG, ...) still apply.
         CubeClRuntimeConfig::set(config.override_from_env());
