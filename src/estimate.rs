@@ -143,8 +143,9 @@ pub fn estimate(config: &RunConfig) -> MemoryEstimate {
     // frozen), GELU's input and output (8·i), and per head and key the
     // softmax output and the dropped probabilities with their one-byte mask
     // (5). bf16 products keep bf16 copies of what the products read (the
-    // shared q/k/v input, q, k, v, the context, the feed-forward input,
-    // GELU's output, the dropped probabilities) and f32 the rest.
+    // shared q/k/v input, q, k, v, the context, the feed-forward input, the
+    // dropped probabilities), GELU's input and output in bf16 (4·i: GELU
+    // runs on the product's bf16 result, as under autocast) and f32 the rest.
     //
     // The LayerNorm terms are measured, not only counted: ftl's LayerNorm
     // (one normalised tensor kept per LayerNorm) lowered full fine-tuning's
@@ -155,7 +156,7 @@ pub fn estimate(config: &RunConfig) -> MemoryEstimate {
     let layer_norms_train = matches!(config.method, Method::Full);
     let frozen_norms = if layer_norms_train { 0 } else { 8 * h };
     let per_layer = if bf16 {
-        b * s * (14 * h + frozen_norms + 6 * i) + b * heads * s * s * 3
+        b * s * (14 * h + frozen_norms + 4 * i) + b * heads * s * s * 3
     } else {
         b * s * (26 * h + frozen_norms + 8 * i) + b * heads * s * s * 5
     };

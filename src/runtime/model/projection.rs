@@ -186,7 +186,7 @@ impl<B: Backend> Adapter<B> {
     /// bf16, reused when there is no dropout to apply first.
     fn forward_half(&self, input: Tensor<B, 3>, half_input: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = if self.dropout.prob > 0.0 && B::ad_enabled(&input.device()) {
-            to_half(self.dropout.forward(input))
+            as_half(self.dropout.forward(input))
         } else {
             half_input
         };
@@ -243,7 +243,7 @@ impl<B: Backend> Projection<B> {
     /// input `[batch, seq, d_in]` → `[batch, seq, d_out]`.
     pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
         if self.half {
-            let half = to_half(input.clone());
+            let half = as_half(input.clone());
             return self.forward_with_half(input, half);
         }
         let mut out = self.base_product(input.clone(), false);
