@@ -131,12 +131,38 @@ pub fn cold_cache_notice(dir: &std::path::Path) -> Option<String> {
     })
 }
 
+/// The cubecl configuration file cubecl itself would read when started in
+/// `dir`: the first `cubecl.toml` or `CubeCL.toml` in `dir` or a folder
+/// above it, or a `burn.toml` / `Burn.toml` there with a `[cubecl]` table.
+pub fn user_cubecl_config(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    dir.ancestors().find_map(|d| {
+        let whole = ["cubecl.toml", "CubeCL.toml"]
+            .iter()
+            .map(|f| d.join(f))
+            .find(|p| p.is_file());
+        whole.or_else(|| {
+            ["burn.toml", "Burn.toml"]
+                .iter()
+                .map(|f| d.join(f))
+                .find(|p| {
+                    std::fs::read_to_string(p).is_ok_and(|text| {
+                        text.lines().any(|l| {
+                            let l = l.trim_start();
+                            l.starts_with("[cubecl]") || l.starts_with("[cubecl.")
+                        })
+                    })
+                })
+        })
+    })
+}
+
 /// Keeps cubecl's autotune results and compiled kernels in ftl's cache
 /// (`FTL_HOME/cubecl`), so that a second run on the same GPU starts warm
 /// wherever it is launched from, and gives every device buffer its own
 /// allocation of its exact size (see below). Call before the first CUDA
-/// device is made; a configuration set earlier (a `cubecl.toml`) is left
-/// alone, and cubecl's environment variables apply on top. Returns the cache
+/// device is made; a configuration set earlier or a user's file (see
+/// [`user_cubecl_config`]) is left alone, and cubecl's environment
+/// variables apply on top. Returns the cache
 /// folder ftl set.
 ///
 /// Memory: cubecl 0.10's CUDA runtime always builds its default pools
@@ -162,9 +188,10 @@ pub fn use_ftl_kernel_cache() -> Option<std::path::PathBuf> {
     static ROOT: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
     ROOT.get_or_init(|| {
         if CubeClRuntimeConfig::storage().lock().is_some()
-            || ["cubecl.toml", "CubeCL.toml", "burn.toml", "Burn.toml"]
-                .iter()
-                .any(|f| std::path::Path::new(f).exists())
+            || std::env::current_dir()
+                .ok()
+                .and_then(|dir| user_cubecl_config(&dir))
+                .is_some()
         {
             return None;
         }
@@ -248,6 +275,32 @@ mod tests {
         );
         std::fs::write(ptx.join("toc.json.log"), "{\"kernel\": 1}").unwrap();
         assert_eq!(cold_cache_notice(&root), None);
+    }
+
+    #[test]
+    fn a_users_cubecl_configuration_is_found_where_cubecl_looks() {
+        let root = tempfile::tempdir().unwrap();
+        let project = root.path().join("project/sub");
+        std::fs::create_dir_all(&project).unwrap();
+        assert_eq!(user_cubecl_config(&project), None);
+        // A burn.toml without a cubecl table is not cubecl's.
+        std::fs::write(root.path().join("project/burn.toml"), "[other]\nx = 1\n").unwrap();
+        assert_eq!(user_cubecl_config(&project), None);
+        std::fs::write(
+            root.path().join("project/burn.toml"),
+            "[cubecl.autotune]\nlevel = \"minimal\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            user_cubecl_config(&project),
+            Some(root.path().join("project/burn.toml"))
+        );
+        // A cubecl.toml nearer the working folder comes first.
+        std::fs::write(project.join("cubecl.toml"), "").unwrap();
+        assert_eq!(
+            user_cubecl_config(&project),
+            Some(project.join("cubecl.toml"))
+        );
     }
 
     #[test]
