@@ -181,7 +181,7 @@ pub fn user_cubecl_config(dir: &std::path::Path) -> Option<std::path::PathBuf> {
 /// speed within ±10%, except QLoRA, 8 to 18% slower for reasons not found
 /// (its kernels take the same time).
 #[cfg(feature = "cuda")]
-pub fn use_ftl_kernel_cache() -> Option<std::path::PathBuf> {
+pub fn configure_cubecl() -> Option<std::path::PathBuf> {
     use cubecl::config::cache::CacheConfig;
     use cubecl::config::memory::PersistentMemory;
     use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};

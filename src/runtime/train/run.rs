@@ -119,7 +119,7 @@ pub fn execute(
         #[cfg(feature = "cuda")]
         Target::Cuda(n) => {
             if let Some(notice) =
-                backend::use_ftl_kernel_cache().and_then(|root| backend::cold_cache_notice(&root))
+                backend::configure_cubecl().and_then(|root| backend::cold_cache_notice(&root))
             {
                 observer.event(Event::Notice(notice));
             }
