@@ -302,7 +302,7 @@ fn model_check() -> bool {
 
 fn main() {
     #[cfg(feature = "cuda")]
-    ftl::runtime::backend::configure_cubecl();
+    ftl::runtime::backend::configure_cubecl(0);
     let mut failed = model_check();
     if std::env::args().nth(1).as_deref() == Some("model") {
         std::process::exit(failed as i32);

@@ -119,16 +119,40 @@ pub fn holds_compiled_kernels(dir: &std::path::Path) -> bool {
     any_file(&dir.join("cuda"))
 }
 
-/// What a CUDA run says when ftl's kernel cache is empty: its first step
-/// compiles and autotunes every kernel, which takes minutes, not seconds.
-pub fn cold_cache_notice(dir: &std::path::Path) -> Option<String> {
+/// What a CUDA run says when ftl's kernel cache for its GPU is empty: its
+/// first step compiles kernels, and without tuning shipped for the GPU
+/// (`shipped`: see [`crate::runtime::tuning`]) autotunes them, which takes
+/// minutes, not seconds.
+pub fn cold_cache_notice(dir: &std::path::Path, shipped: bool) -> Option<String> {
     (!holds_compiled_kernels(dir)).then(|| {
-        format!(
-            "no compiled CUDA kernels in {} yet: the first step compiles and autotunes them \
-             (several minutes for a new model or method; later runs start in seconds)",
-            dir.display()
-        )
+        if shipped {
+            format!(
+                "no compiled CUDA kernels in {} yet: the first step compiles the ones it uses, \
+                 with the tuning ftl ships for this GPU (under a minute; later runs start in seconds)",
+                dir.display()
+            )
+        } else {
+            format!(
+                "no compiled CUDA kernels in {} yet: the first step compiles and autotunes them \
+                 (several minutes for a new model or method; later runs start in seconds)",
+                dir.display()
+            )
+        }
     })
+}
+
+/// The name of CUDA device `ordinal`, as the driver reports it
+/// (`NVIDIA H200`).
+#[cfg(feature = "cuda")]
+pub fn cuda_device_name(ordinal: u32) -> Result<String, String> {
+    use cudarc::driver::result;
+    if !cuda_available() {
+        return Err("no CUDA driver was found on this machine".into());
+    }
+    result::init()
+        .and_then(|()| result::device::get(ordinal as i32))
+        .and_then(result::device::get_name)
+        .map_err(|e| format!("the CUDA driver reports an error: {e:?}"))
 }
 
 /// The cubecl configuration file cubecl itself would read when started in
@@ -156,14 +180,34 @@ pub fn user_cubecl_config(dir: &std::path::Path) -> Option<std::path::PathBuf> {
     })
 }
 
-/// Keeps cubecl's autotune results and compiled kernels in ftl's cache
-/// (`FTL_HOME/cubecl`), so that a second run on the same GPU starts warm
-/// wherever it is launched from, and gives every device buffer its own
+/// What [`configure_cubecl`] set up.
+#[derive(Debug)]
+pub struct KernelCache {
+    /// The folder of cubecl's autotune results and compiled kernels:
+    /// `FTL_HOME/cubecl/GPU` (GPU as [`tuning::gpu_slug`] names it).
+    pub root: std::path::PathBuf,
+    /// Whether ftl ships tuning for this GPU model and used it.
+    pub shipped: bool,
+    /// Why the shipped tuning could not be written, if it could not.
+    pub seed_error: Option<String>,
+}
+
+use crate::runtime::tuning;
+
+/// Keeps cubecl's autotune results and compiled kernels in ftl's cache, one
+/// folder per GPU model (`FTL_HOME/cubecl/nvidia-h200`), so that a second run
+/// on the same kind of GPU starts warm wherever it is launched from;
+/// fills the autotune cache from the tuning ftl ships for that GPU model,
+/// where it has some ([`tuning`]); and gives every device buffer its own
 /// allocation of its exact size (see below). Call before the first CUDA
-/// device is made; a configuration set earlier or a user's file (see
-/// [`user_cubecl_config`]) is left alone, and cubecl's environment
-/// variables apply on top. Returns the cache
-/// folder ftl set.
+/// device is made, with the device's ordinal; a configuration set earlier
+/// or a user's file (see [`user_cubecl_config`]) is left alone, and
+/// cubecl's environment variables apply on top.
+///
+/// One folder per GPU model because cubecl's caches do not say which GPU
+/// they were made on: compiled kernels are keyed by the kernel alone (a
+/// kernel built for one architecture fails to load on another) and
+/// autotune results by shape alone (another GPU's winners run, but slower).
 ///
 /// Memory: cubecl 0.10's CUDA runtime always builds its default pools
 /// (`RuntimeOptions::default()` in `DeviceService::init`; nothing outside
@@ -181,31 +225,41 @@ pub fn user_cubecl_config(dir: &std::path::Path) -> Option<std::path::PathBuf> {
 /// speed within ±10%, except QLoRA, 8 to 18% slower for reasons not found
 /// (its kernels take the same time).
 #[cfg(feature = "cuda")]
-pub fn configure_cubecl() -> Option<std::path::PathBuf> {
+pub fn configure_cubecl(ordinal: u32) -> Option<&'static KernelCache> {
     use cubecl::config::cache::CacheConfig;
     use cubecl::config::memory::PersistentMemory;
     use cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
-    static ROOT: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
-    ROOT.get_or_init(|| {
-        if CubeClRuntimeConfig::storage().lock().is_some()
-            || std::env::current_dir()
-                .ok()
-                .and_then(|dir| user_cubecl_config(&dir))
-                .is_some()
-        {
-            return None;
-        }
-        let root = crate::data::ftl_home().join("cubecl");
-        let mut config = CubeClRuntimeConfig::default();
-        config.autotune.cache = CacheConfig::File(root.clone());
-        config.compilation.cache = Some(CacheConfig::File(root.clone()));
-        config.memory.persistent_memory = PersistentMemory::Enforced;
-        // cubecl's own environment variables (CUBECL_AUTOTUNE_LEVEL,
-        // CUBECL_DEBUG_LOG, ...) still apply.
-        CubeClRuntimeConfig::set(config.override_from_env());
-        Some(root)
-    })
-    .clone()
+    static CACHE: std::sync::OnceLock<Option<KernelCache>> = std::sync::OnceLock::new();
+    CACHE
+        .get_or_init(|| {
+            if CubeClRuntimeConfig::storage().lock().is_some()
+                || std::env::current_dir()
+                    .ok()
+                    .and_then(|dir| user_cubecl_config(&dir))
+                    .is_some()
+            {
+                return None;
+            }
+            let gpu = cuda_device_name(ordinal)
+                .map(|name| tuning::gpu_slug(&name))
+                .unwrap_or_else(|_| tuning::gpu_slug(""));
+            let root = crate::data::ftl_home().join("cubecl").join(&gpu);
+            let table = tuning::shipped(&gpu).filter(|_| !tuning::turned_off());
+            let seeded = table.map(|t| tuning::seed(t, &root, ordinal));
+            let mut config = CubeClRuntimeConfig::default();
+            config.autotune.cache = CacheConfig::File(root.clone());
+            config.compilation.cache = Some(CacheConfig::File(root.clone()));
+            config.memory.persistent_memory = PersistentMemory::Enforced;
+            // cubecl's own environment variables (CUBECL_AUTOTUNE_LEVEL,
+            // CUBECL_DEBUG_LOG, ...) still apply.
+            CubeClRuntimeConfig::set(config.override_from_env());
+            Some(KernelCache {
+                root,
+                shipped: matches!(seeded, Some(Ok(_))),
+                seed_error: seeded.and_then(|r| r.err()).map(|e| e.to_string()),
+            })
+        })
+        .as_ref()
 }
 
 #[cfg(test)]
@@ -260,21 +314,23 @@ mod tests {
     fn an_empty_kernel_cache_is_announced_and_a_filled_one_is_not() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("cubecl");
-        let said = cold_cache_notice(&root).expect("no folder yet");
-        assert!(said.contains("first step compiles"), "{said}");
+        let said = cold_cache_notice(&root, false).expect("no folder yet");
+        assert!(said.contains("compiles and autotunes"), "{said}");
+        let said = cold_cache_notice(&root, true).expect("no folder yet");
+        assert!(said.contains("compiles the ones it uses"), "{said}");
         // Autotune results alone do not make compiled kernels.
         std::fs::create_dir_all(root.join("autotune")).unwrap();
         std::fs::write(root.join("autotune/keys.json.log"), "{}").unwrap();
-        assert!(cold_cache_notice(&root).is_some());
+        assert!(cold_cache_notice(&root, false).is_some());
         let ptx = root.join("cuda/0.10.0/ptx");
         std::fs::create_dir_all(&ptx).unwrap();
         std::fs::write(ptx.join("toc.json.log"), "").unwrap();
         assert!(
-            cold_cache_notice(&root).is_some(),
+            cold_cache_notice(&root, false).is_some(),
             "an empty file holds nothing"
         );
         std::fs::write(ptx.join("toc.json.log"), "{\"kernel\": 1}").unwrap();
-        assert_eq!(cold_cache_notice(&root), None);
+        assert_eq!(cold_cache_notice(&root, false), None);
     }
 
     #[test]

@@ -11,3 +11,4 @@ pub mod fetch;
 pub mod model;
 pub mod tokenize;
 pub mod train;
+pub mod tuning;

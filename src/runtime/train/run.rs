@@ -118,10 +118,15 @@ pub fn execute(
         ),
         #[cfg(feature = "cuda")]
         Target::Cuda(n) => {
-            if let Some(notice) =
-                backend::configure_cubecl().and_then(|root| backend::cold_cache_notice(&root))
-            {
-                observer.event(Event::Notice(notice));
+            if let Some(cache) = backend::configure_cubecl(n) {
+                if let Some(why) = &cache.seed_error {
+                    observer.event(Event::Notice(format!(
+                        "ftl's tuning for this GPU was not used ({why}): the first step tunes every kernel"
+                    )));
+                }
+                if let Some(notice) = backend::cold_cache_notice(&cache.root, cache.shipped) {
+                    observer.event(Event::Notice(notice));
+                }
             }
             let device = burn::backend::cuda::CudaDevice::new(n as usize);
             let sample = device.clone();
