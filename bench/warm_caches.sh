@@ -4,9 +4,10 @@
 # ($HOMES/CONFIG, the models linked from $FTL_HOME/models), 3 steps each.
 # cubecl compiles one kernel at a time in a process, so configurations
 # compiled side by side take about as long as the slowest one alone.
-# The autotune results are removed afterwards: they were timed with several
-# processes sharing the GPU. The next run of each configuration tunes again
-# from the compiled kernels (seconds, not minutes).
+# The autotune results are removed afterwards: on a GPU without shipped
+# tuning (src/runtime/tuning) they were timed with several processes sharing
+# the GPU. The next run of each configuration tunes again from the compiled
+# kernels (seconds, not minutes), or takes the shipped tuning again.
 #
 #   bench/warm_caches.sh CONFIG...   (default: all six)
 #
@@ -32,4 +33,4 @@ for config in "${configs[@]}"; do
   ) &
 done
 wait
-for config in "${configs[@]}"; do rm -rf "$homes/$config/cubecl/autotune"; done
+for config in "${configs[@]}"; do rm -rf "$homes/$config"/cubecl/*/autotune; done
