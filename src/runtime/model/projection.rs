@@ -135,6 +135,12 @@ pub struct Packed<B: Backend> {
     pub group_scales: Option<Param<Tensor<B, 1>>>,
     /// The value of each code (16 or 256 entries).
     pub codebook: Param<Tensor<B, 1>>,
+    /// Where each code sits in its word: `[0, bits, 2·bits, …]`. Kept on
+    /// the device with the codes: made afresh, it would be a host-to-device
+    /// copy in every dequantization, several per layer and step.
+    pub code_shifts: Param<Tensor<B, 1, Int>>,
+    /// The same for double quantization's 8-bit scale codes.
+    pub scale_shifts: Option<Param<Tensor<B, 1, Int>>>,
     offset: f64,
     bits: usize,
     block_size: usize,
@@ -378,8 +384,11 @@ impl<B: Backend> Packed<B> {
                 )
             }
         };
+        let shifts = |bits: usize| int((0..32 / bits).map(|k| (k * bits) as i32).collect());
         Packed {
             words: int(words),
+            code_shifts: shifts(bits),
+            scale_shifts: scale_words.is_some().then(|| shifts(8)),
             scales: scales.map(|p| p.set_require_grad(false)),
             scale_words,
             group_scales: group_scales.map(|p| p.set_require_grad(false)),
@@ -400,6 +409,8 @@ impl<B: Backend> Packed<B> {
             + self.scale_words.as_ref().map_or(0, |s| n(s.dims()))
             + self.group_scales.as_ref().map_or(0, |s| n(s.dims()))
             + n(self.codebook.dims())
+            + n(self.code_shifts.dims())
+            + self.scale_shifts.as_ref().map_or(0, |s| n(s.dims()))
     }
 
     /// The block scales `[blocks]`.
@@ -411,7 +422,8 @@ impl<B: Backend> Packed<B> {
         let groups = self.group_scales.as_ref().expect("group scales");
         let blocks = (self.d_in * self.d_out).div_ceil(self.block_size);
         // Signed bytes: (u ^ 0x80) - 0x80.
-        let codes = unpack(words.val(), 8)
+        let shifts = self.scale_shifts.as_ref().expect("scale code shifts");
+        let codes = unpack(words.val(), shifts.val(), 8)
             .bitwise_xor_scalar(0x80.elem())
             .sub_scalar(0x80)
             .slice(s![0..blocks])
@@ -464,7 +476,8 @@ impl<B: Backend> Packed<B> {
     pub fn dequantize(&self) -> Tensor<B, 2> {
         let len = self.d_in * self.d_out;
         let blocks = len.div_ceil(self.block_size);
-        let codes = unpack(self.words.val(), self.bits).slice(s![0..blocks * self.block_size]);
+        let codes = unpack(self.words.val(), self.code_shifts.val(), self.bits)
+            .slice(s![0..blocks * self.block_size]);
         let values = self.codebook.val().select(0, codes);
         let scaled =
             values.reshape([blocks, self.block_size]) * self.block_scales().reshape([blocks, 1]);
@@ -537,17 +550,18 @@ fn bytes_to_words(bytes: &[u8]) -> Vec<i32> {
 }
 
 /// Words → one code per element (`bits` wide, lowest bits first), unsigned.
-fn unpack<B: Backend>(words: Tensor<B, 1, Int>, bits: usize) -> Tensor<B, 1, Int> {
+/// `shifts` is `[0, bits, 2·bits, …]`, one per code in a word; each word is
+/// shifted by all of them at once (broadcast, nothing repeated in memory).
+fn unpack<B: Backend>(
+    words: Tensor<B, 1, Int>,
+    shifts: Tensor<B, 1, Int>,
+    bits: usize,
+) -> Tensor<B, 1, Int> {
     let per_word = 32 / bits;
     let [n] = words.dims();
-    let device = words.device();
-    let shifts: Vec<i32> = (0..per_word).map(|k| (k * bits) as i32).collect();
-    let shifts = Tensor::<B, 1, Int>::from_data(TensorData::new(shifts, [per_word]), &device)
-        .reshape([1, per_word]);
     words
         .reshape([n, 1])
-        .repeat_dim(1, per_word)
-        .bitwise_right_shift(shifts.repeat_dim(0, n))
+        .bitwise_right_shift(shifts.reshape([1, per_word]))
         .bitwise_and_scalar(((1i64 << bits) - 1).elem())
         .reshape([n * per_word])
 }
