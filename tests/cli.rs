@@ -228,3 +228,62 @@ fn fetch_of_an_unknown_model_lists_every_place_tried() {
     }
     let _ = std::fs::remove_dir_all(&home);
 }
+
+/// What decides the kernels a CUDA run compiles and tunes: the model, the
+/// method and quantization, the batch, the padded length, the precision,
+/// whether gradients are clipped, and the pooling.
+fn kernel_shapes(file: &str) -> Vec<(String, String)> {
+    let out = ftl(&["plan", file, "--json"]);
+    assert!(out.status.success(), "{file}: {}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan is JSON");
+    plan["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .map(|run| {
+            let c = &run["config"];
+            let shape = serde_json::json!({
+                "model": c["model"]["base"]["name"],
+                "pooling": c["model"]["pooling"],
+                "method": [c["method"]["kind"], c["method"]["rank"], c["method"]["targets"]],
+                "quantize": c["quantize"],
+                "batch": c["train"]["batch_size"],
+                "max_tokens": c["dataset"]["max_tokens"],
+                "precision": c["train"]["precision"],
+                "clipped": !c["train"]["clip_grad_norm"].is_null(),
+            });
+            (
+                run["name"].as_str().unwrap_or("").to_string(),
+                shape.to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_shipped_tuning_was_made_for_the_study_and_the_benchmarks() {
+    // The H200 table (src/runtime/tuning) was tuned by bench/tuning_tables.sh
+    // on bench/pipelines/tune.ft. If the study or a benchmark changes what its
+    // kernels are, their first run tunes again: change tune.ft and make the
+    // table again.
+    let tuned: Vec<String> = kernel_shapes("bench/pipelines/tune.ft")
+        .into_iter()
+        .map(|(_, shape)| shape)
+        .collect();
+    assert_eq!(tuned.len(), 6);
+    for file in [
+        "pipelines/paper.ft",
+        "bench/pipelines/speed.ft",
+        "bench/pipelines/epoch.ft",
+    ] {
+        for (name, shape) in kernel_shapes(file) {
+            assert!(
+                tuned.contains(&shape),
+                "{file}: {name} is not among tune.ft's shapes: {shape}"
+            );
+        }
+    }
+    // And a run that differs is told apart.
+    let sentiment = kernel_shapes("pipelines/sentiment.ft");
+    assert!(!tuned.contains(&sentiment[0].1), "fp32, every target");
+}
