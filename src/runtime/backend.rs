@@ -5,6 +5,8 @@
 //! with it still runs on a machine without a GPU as long as it uses [`Cpu`].
 
 use crate::runtime::error::{RuntimeError, RuntimeResult};
+#[cfg(feature = "cuda")]
+use crate::runtime::tuning;
 
 /// The portable CPU backend, f32 weights, i32 indices.
 pub type Cpu = burn::backend::Flex;
@@ -191,8 +193,6 @@ pub struct KernelCache {
     /// Why the shipped tuning could not be written, if it could not.
     pub seed_error: Option<String>,
 }
-
-use crate::runtime::tuning;
 
 /// Keeps cubecl's autotune results and compiled kernels in ftl's cache, one
 /// folder per GPU model (`FTL_HOME/cubecl/nvidia-h200`), so that a second run
