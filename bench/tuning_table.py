@@ -37,7 +37,7 @@ for home in sys.argv[1:]:
                     if r.get("outcome", {}).get("Ok", {}).get("index") == best
                 ]
                 key = (table, json.dumps(entry["key"]["key"], sort_keys=True))
-                line = {
+                row = {
                     "table": table,
                     "key": entry["key"],
                     "value": {"fastest_index": best, "results": winner},
@@ -46,7 +46,7 @@ for home in sys.argv[1:]:
                     if entries[key]["value"]["fastest_index"] != best:
                         disagreed += 1
                     continue
-                entries[key] = line
+                entries[key] = row
 
 for key in sorted(entries):
     print(json.dumps(entries[key], separators=(",", ":")))

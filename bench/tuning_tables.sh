@@ -7,8 +7,8 @@
 # six; CONFIG = minilm_l6-full, mpnet_base-qlora, …), each with an FTL_HOME
 # of its own ($OUT/homes/CONFIG, kept between calls: a configuration that
 # finished there is not run again, one that was stopped goes on from what it
-# had tuned) and ftl's shipped
-# tuning off, so that cubecl tunes every kernel on this GPU. Then gathers
+# had tuned) and ftl's shipped tuning off, so that cubecl tunes every
+# kernel on this GPU. Then gathers
 # the winners of all homes into $OUT/GPU.jsonl (GPU as ftl names its cache
 # folder, e.g. nvidia-h200), ready for src/runtime/tuning/GPU.jsonl.
 #

@@ -146,11 +146,6 @@ fn entries(text: &str) -> Result<Vec<Entry>, SeedError> {
     Ok(out)
 }
 
-/// The number of entries in a table, checking every line.
-pub fn count(text: &str) -> Result<usize, SeedError> {
-    entries(text).map(|e| e.len())
-}
-
 /// Adds a table's entries to the autotune cache rooted at `root` for CUDA
 /// device `ordinal`, skipping keys the cache already has. Returns how many
 /// were added.
