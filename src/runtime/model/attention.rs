@@ -8,8 +8,8 @@
 //! mask, MPNet the padding mask plus its relative-position bias.
 
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 
+use crate::runtime::model::attention_core::attention;
 use crate::runtime::model::dropout::Dropout;
 use crate::runtime::model::layer_norm::LayerNorm;
 use crate::runtime::model::projection::{Projection, to_full, to_half};
@@ -106,16 +106,7 @@ impl<B: Backend> SelfAttention<B> {
             )
         };
 
-        let mut scores = query.matmul(key.swap_dims(2, 3));
-        if self.half {
-            scores = to_full(scores);
-        }
-        let scores = scores.div_scalar((head_dim as f64).sqrt()) + bias;
-        let mut probs = self.attention_dropout.forward(softmax(scores, 3));
-        if self.half {
-            probs = to_half(probs);
-        }
-        let mut context = probs.matmul(value);
+        let mut context = attention(query, key, value, bias, &self.attention_dropout, self.half);
         if self.half {
             context = to_full(context);
         }

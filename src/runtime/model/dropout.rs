@@ -30,11 +30,30 @@ impl Dropout {
         if !B::ad_enabled(&input.device()) || self.prob == 0.0 {
             return input;
         }
-        let keep = 1.0 - self.prob;
         let dropped = input
-            .random_like(Distribution::Bernoulli(keep))
+            .random_like(Distribution::Bernoulli(self.keep()))
             .equal_elem(0.0);
-        input.mask_fill(dropped, 0.0).mul_scalar(1.0 / keep)
+        input.mask_fill(dropped, 0.0).mul_scalar(1.0 / self.keep())
+    }
+
+    /// The values [`Dropout::forward`] zeroes on an f32 input of `shape`
+    /// (true where dropped), drawn as it draws them; `None` where it drops
+    /// nothing (outside training, or with probability 0).
+    pub fn dropped<B: Backend, const D: usize>(
+        &self,
+        shape: [usize; D],
+        device: &B::Device,
+    ) -> Option<Tensor<B, D, Bool>> {
+        if !B::ad_enabled(device) || self.prob == 0.0 {
+            return None;
+        }
+        let draw = Tensor::<B, D>::random(shape, Distribution::Bernoulli(self.keep()), device);
+        Some(draw.equal_elem(0.0))
+    }
+
+    /// The probability of keeping a value.
+    pub fn keep(&self) -> f64 {
+        1.0 - self.prob
     }
 }
 

@@ -6,6 +6,7 @@
 //! | `config.rs` | [`EncoderConfig`] read from `config.json` |
 //! | `embeddings.rs` | word + position (+ token type) embeddings |
 //! | `attention.rs` | multi-head self-attention block |
+//! | `attention_core.rs` | `dropout(softmax(QKᵀ/√d + bias)) · V`, with a backward pass of its own when training |
 //! | `feed_forward.rs` | GELU feed-forward block |
 //! | `layer.rs` | one encoder layer |
 //! | `layer_norm.rs` | LayerNorm, with a backward pass of its own when training |
@@ -16,6 +17,7 @@
 //! | `classifier.rs` | [`Classifier`]: encoder + head, and how a method prepares it for training |
 
 pub mod attention;
+pub mod attention_core;
 pub mod classifier;
 pub mod config;
 pub mod dropout;

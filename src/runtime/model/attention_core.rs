@@ -1,0 +1,430 @@
+//! The core of self-attention, `dropout(softmax(QKᵀ/√d + bias)) · V`, with a
+//! backward pass of its own on the autodiff backends ftl trains with.
+//!
+//! burn 0.21's autodiff differentiates the composition operation by
+//! operation, and keeps for the backward pass what each step needs: the
+//! shifted scores (what `exp` reads), the exponentials and their row sums
+//! (what the division reads), the dropout mask, and the dropped
+//! probabilities (what the second product reads, in bf16 under bf16
+//! products). All of these are `[batch, heads, seq, seq]`: at sequence
+//! length 64 they outweigh the `[batch, heads, seq, head_dim]` inputs.
+//!
+//! The operation here computes the same forward values, step for step, and
+//! keeps only its inputs (which the products kept anyway) and the one-byte
+//! dropout mask. The backward pass computes the probabilities again, as
+//! memory-efficient attention kernels do, and gives the gradients in closed
+//! form:
+//!
+//! ```text
+//! S = QKᵀ/√d + bias     P = softmax(S)     Pᵈ = P ⊙ M / keep     C = Pᵈ V
+//! ∂V = Pᵈᵀ ∂C     ∂Pᵈ = ∂C Vᵀ     ∂P = ∂Pᵈ ⊙ M / keep
+//! ∂S = P ⊙ (∂P − Σⱼ ∂P ⊙ P)     ∂bias = ∂S summed to bias's shape
+//! ∂Q = ∂S K / √d     ∂K = ∂Sᵀ Q / √d
+//! ```
+//!
+//! That costs one more `[seq × head_dim] · [head_dim × seq]` product and a
+//! softmax per layer in the backward pass.
+//!
+//! Other backends (inference, the inner backend of evaluation) run the
+//! composition as it is: nothing is kept there.
+
+use std::any::TypeId;
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::prelude::*;
+use burn::tensor::ops::{BoolTensor, FloatTensor};
+use burn::tensor::{FloatDType, TensorMetadata, TensorPrimitive};
+
+use crate::runtime::backend::{Cpu, same_type};
+use crate::runtime::model::dropout::Dropout;
+use crate::runtime::model::projection::{to_full, to_half};
+
+/// `dropout(softmax(QKᵀ/√d + bias)) · V` for `q`, `k`, `v` of shape
+/// `[batch, heads, seq, head_dim]` and `bias` broadcastable to
+/// `[batch, heads, seq, seq]`. With `half`, `q`, `k` and `v` are bf16, the
+/// products run in bf16, the softmax in f32, and the result is bf16;
+/// otherwise everything is f32.
+pub fn attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Tensor<B, 4>,
+    dropout: &Dropout,
+    half: bool,
+) -> Tensor<B, 4> {
+    if is_autodiff_of::<B, Cpu>() {
+        return on_autodiff::<B, Cpu>(q, k, v, bias, dropout, half);
+    }
+    #[cfg(feature = "cuda")]
+    if is_autodiff_of::<B, crate::runtime::backend::Gpu>() {
+        return on_autodiff::<B, crate::runtime::backend::Gpu>(q, k, v, bias, dropout, half);
+    }
+    composed(q, k, v, bias, dropout, half)
+}
+
+/// The same computation as burn's tensor operations, differentiated by
+/// burn's autodiff step by step.
+pub fn composed<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Tensor<B, 4>,
+    dropout: &Dropout,
+    half: bool,
+) -> Tensor<B, 4> {
+    let root = (q.dims()[3] as f64).sqrt();
+    let mut scores = q.matmul(k.swap_dims(2, 3));
+    if half {
+        scores = to_full(scores);
+    }
+    let scores = scores.div_scalar(root) + bias;
+    let mut probs = dropout.forward(burn::tensor::activation::softmax(scores, 3));
+    if half {
+        probs = to_half(probs);
+    }
+    probs.matmul(v)
+}
+
+fn is_autodiff_of<B: Backend, I: Backend>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<Autodiff<I>>()
+}
+
+/// The operation with its own backward pass; `B` is `Autodiff<I>`.
+fn on_autodiff<B: Backend, I: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Tensor<B, 4>,
+    dropout: &Dropout,
+    half: bool,
+) -> Tensor<B, 4> {
+    let [batch, heads, seq, _] = q.dims();
+    let q: Tensor<Autodiff<I>, 4> = same_type(q);
+    let k: Tensor<Autodiff<I>, 4> = same_type(k);
+    let v: Tensor<Autodiff<I>, 4> = same_type(v);
+    let bias: Tensor<Autodiff<I>, 4> = same_type(bias);
+    // Drawn where the composition draws it: after the scores, before
+    // anything else of this layer.
+    let dropped = dropout
+        .dropped::<Autodiff<I>, 4>([batch, heads, seq, seq], &q.device())
+        .map(|mask| Dropped {
+            mask: mask.into_primitive(),
+            keep: dropout.keep(),
+        });
+    let q = q.into_primitive().tensor();
+    let k = k.into_primitive().tensor();
+    let v = v.into_primitive().tensor();
+    let bias = bias.into_primitive().tensor();
+    let nodes = [
+        q.node.clone(),
+        k.node.clone(),
+        v.node.clone(),
+        bias.node.clone(),
+    ];
+    let state = State {
+        q: q.primitive,
+        k: k.primitive,
+        v: v.primitive,
+        bias: bias.primitive,
+        dropped,
+        half,
+    };
+    let probs = probabilities::<I>(&state);
+    let context = product::<I>(&state, probs);
+    let out = match AttentionBackward
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(state, context),
+        OpsKind::UnTracked(prep) => prep.finish(context),
+    };
+    same_type(Tensor::<Autodiff<I>, 4>::from_primitive(
+        TensorPrimitive::Float(out),
+    ))
+}
+
+/// The dropout of the probabilities: where it dropped, and the keep
+/// probability that scales the rest.
+#[derive(Clone, Debug)]
+struct Dropped<I: Backend> {
+    mask: BoolTensor<I>,
+    keep: f64,
+}
+
+/// What the backward pass keeps: the inputs and the dropout mask.
+#[derive(Clone, Debug)]
+struct State<I: Backend> {
+    q: FloatTensor<I>,
+    k: FloatTensor<I>,
+    v: FloatTensor<I>,
+    bias: FloatTensor<I>,
+    dropped: Option<Dropped<I>>,
+    half: bool,
+}
+
+/// `softmax(QKᵀ/√d + bias)` in f32, with the operations (and so the
+/// values) of burn's composition.
+fn probabilities<I: Backend>(s: &State<I>) -> FloatTensor<I> {
+    let root = (s.q.shape()[3] as f64).sqrt();
+    let mut scores = I::float_matmul(s.q.clone(), I::float_swap_dims(s.k.clone(), 2, 3));
+    if s.half {
+        scores = I::float_cast(scores, FloatDType::F32);
+    }
+    let scores = I::float_add(I::float_div_scalar(scores, root.into()), s.bias.clone());
+    let max = I::float_max_dim(scores.clone(), 3);
+    let exp = I::float_exp(I::float_sub(scores, max));
+    let sum = I::float_sum_dim(exp.clone(), 3);
+    I::float_div(exp, sum)
+}
+
+/// `t ⊙ M / keep`: the dropout's forward pass, and its backward pass too.
+fn apply_dropout<I: Backend>(t: FloatTensor<I>, dropped: &Option<Dropped<I>>) -> FloatTensor<I> {
+    match dropped {
+        Some(d) => I::float_mul_scalar(
+            I::float_mask_fill(t, d.mask.clone(), 0.0.into()),
+            (1.0 / d.keep).into(),
+        ),
+        None => t,
+    }
+}
+
+/// The dropped probabilities in the products' dtype.
+fn dropped_probabilities<I: Backend>(s: &State<I>, probs: FloatTensor<I>) -> FloatTensor<I> {
+    let probs = apply_dropout::<I>(probs, &s.dropped);
+    if s.half {
+        I::float_cast(probs, FloatDType::BF16)
+    } else {
+        probs
+    }
+}
+
+/// `dropout(P) · V`.
+fn product<I: Backend>(s: &State<I>, probs: FloatTensor<I>) -> FloatTensor<I> {
+    I::float_matmul(dropped_probabilities::<I>(s, probs), s.v.clone())
+}
+
+/// `grad` summed over the dimensions where `shape` is 1.
+fn sum_to<I: Backend>(mut grad: FloatTensor<I>, shape: &[usize]) -> FloatTensor<I> {
+    for (dim, &size) in shape.iter().enumerate() {
+        if size == 1 && grad.shape()[dim] != 1 {
+            grad = I::float_sum_dim(grad, dim);
+        }
+    }
+    grad
+}
+
+/// The gradients of Q, K, V and the bias from the result's.
+#[derive(Debug)]
+struct AttentionBackward;
+
+impl<I: Backend> Backward<I, 4> for AttentionBackward {
+    type State = State<I>;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let s = ops.state;
+        let [q_node, k_node, v_node, bias_node] = ops.parents;
+        let grad = grads.consume::<I>(&ops.node);
+        let probs = probabilities::<I>(&s);
+        if let Some(node) = v_node {
+            let dropped = dropped_probabilities::<I>(&s, probs.clone());
+            let dv = I::float_matmul(I::float_swap_dims(dropped, 2, 3), grad.clone());
+            grads.register::<I>(node.id, dv);
+        }
+        if q_node.is_none() && k_node.is_none() && bias_node.is_none() {
+            return;
+        }
+        let mut d_dropped = I::float_matmul(grad, I::float_swap_dims(s.v.clone(), 2, 3));
+        if s.half {
+            d_dropped = I::float_cast(d_dropped, FloatDType::F32);
+        }
+        let d_probs = apply_dropout::<I>(d_dropped, &s.dropped);
+        let row = I::float_sum_dim(I::float_mul(d_probs.clone(), probs.clone()), 3);
+        let d_scores = I::float_mul(probs, I::float_sub(d_probs, row));
+        if let Some(node) = bias_node {
+            let shape = s.bias.shape();
+            grads.register::<I>(node.id, sum_to::<I>(d_scores.clone(), &shape));
+        }
+        let root = (s.q.shape()[3] as f64).sqrt();
+        let mut d_scores = I::float_div_scalar(d_scores, root.into());
+        if s.half {
+            d_scores = I::float_cast(d_scores, FloatDType::BF16);
+        }
+        if let Some(node) = k_node {
+            let dk = I::float_matmul(I::float_swap_dims(d_scores.clone(), 2, 3), s.q);
+            grads.register::<I>(node.id, dk);
+        }
+        if let Some(node) = q_node {
+            grads.register::<I>(node.id, I::float_matmul(d_scores, s.k));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::backend::cpu_device;
+    use burn::tensor::Distribution;
+
+    type Train = Autodiff<Cpu>;
+    type Attention<'a> = dyn Fn(
+            Tensor<Train, 4>,
+            Tensor<Train, 4>,
+            Tensor<Train, 4>,
+            Tensor<Train, 4>,
+        ) -> Tensor<Train, 4>
+        + 'a;
+
+    struct Case {
+        half: bool,
+        dropout: f64,
+        /// MPNet's bias: per head and trained; otherwise BERT's padding
+        /// mask, constant and broadcast over heads and queries.
+        trained_bias: bool,
+    }
+
+    /// Values, and the gradients of q, k, v and the bias under an uneven
+    /// loss, for the operation and for burn's composition, from the same
+    /// inputs and the same random draws.
+    fn both(case: &Case) -> [[Vec<f32>; 5]; 2] {
+        let device = cpu_device();
+        let (b, h, s, d) = (2, 3, 7, 8);
+        let normal = |shape: [usize; 4]| {
+            Tensor::<Cpu, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (q, k, v) = (
+            normal([b, h, s, d]),
+            normal([b, h, s, d]),
+            normal([b, h, s, d]),
+        );
+        let bias = if case.trained_bias {
+            normal([b, h, s, s])
+        } else {
+            // The last two keys of the second sequence are padding.
+            let mut mask = vec![0.0f32; b * s];
+            mask[2 * s - 2..].fill(f32::MIN);
+            Tensor::<Cpu, 4>::from_data(TensorData::new(mask, [b, 1, 1, s]), &device)
+                .expand([b as i64, -1, s as i64, s as i64])
+        };
+        let weights = normal([b, h, s, d]);
+        let dropout = Dropout::new(case.dropout);
+        let run = |f: &Attention<'_>| {
+            <Train as Backend>::seed(&device, 5);
+            let cast = |t: &Tensor<Cpu, 4>| {
+                let t = Tensor::<Train, 4>::from_inner(t.clone()).require_grad();
+                let used = if case.half {
+                    to_half(t.clone())
+                } else {
+                    t.clone()
+                };
+                (t, used)
+            };
+            let ((q0, q1), (k0, k1), (v0, v1)) = (cast(&q), cast(&k), cast(&v));
+            let b0 = Tensor::<Train, 4>::from_inner(bias.clone());
+            let b0 = if case.trained_bias {
+                b0.require_grad()
+            } else {
+                b0
+            };
+            let mut y = f(q1, k1, v1, b0.clone());
+            if case.half {
+                y = to_full(y);
+            }
+            let loss = (y.clone() * Tensor::from_inner(weights.clone())).sum();
+            let grads = loss.backward();
+            let flat = |t: Tensor<Cpu, 4>| t.into_data().to_vec::<f32>().unwrap();
+            let grad = |t: &Tensor<Train, 4>| t.grad(&grads).map(flat).unwrap_or_default();
+            [flat(y.inner()), grad(&q0), grad(&k0), grad(&v0), grad(&b0)]
+        };
+        let ours = run(&|q, k, v, b| attention(q, k, v, b, &dropout, case.half));
+        let burns = run(&|q, k, v, b| composed(q, k, v, b, &dropout, case.half));
+        [ours, burns]
+    }
+
+    fn check(case: Case) {
+        let [ours, burns] = both(&case);
+        assert_eq!(ours[0], burns[0], "the forward pass is burn's, bitwise");
+        // bf16 products round the gradients to 8 bits of mantissa; the two
+        // computations round at different places.
+        let tolerance = if case.half { 2e-2 } else { 1e-5 };
+        let names = ["q", "k", "v", "bias"];
+        for (k, name) in names.iter().enumerate().map(|(i, n)| (i + 1, n)) {
+            if k == 4 && !case.trained_bias {
+                assert!(ours[k].is_empty(), "a constant bias gets no gradient");
+                continue;
+            }
+            let (a, b) = (&ours[k], &burns[k]);
+            assert_eq!(a.len(), b.len(), "∂{name}");
+            let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+            let norm: f32 = b.iter().map(|y| y * y).sum();
+            assert!(norm > 1e-6, "∂{name} is not zero");
+            assert!(
+                (diff / norm).sqrt() < tolerance,
+                "∂{name}: relative error {}",
+                (diff / norm).sqrt()
+            );
+        }
+    }
+
+    #[test]
+    fn same_values_and_gradients_as_burns_composition_in_f32() {
+        check(Case {
+            half: false,
+            dropout: 0.0,
+            trained_bias: false,
+        });
+    }
+
+    #[test]
+    fn with_dropout_the_same_draws_values_and_gradients() {
+        check(Case {
+            half: false,
+            dropout: 0.3,
+            trained_bias: false,
+        });
+    }
+
+    #[test]
+    fn a_trained_bias_gets_the_same_gradient() {
+        check(Case {
+            half: false,
+            dropout: 0.1,
+            trained_bias: true,
+        });
+    }
+
+    #[test]
+    fn bf16_products_agree_with_burns_composition() {
+        check(Case {
+            half: true,
+            dropout: 0.1,
+            trained_bias: true,
+        });
+    }
+
+    #[test]
+    fn inference_backends_use_the_composition() {
+        let device = cpu_device();
+        let t = |seed: u64| {
+            <Cpu as Backend>::seed(&device, seed);
+            Tensor::<Cpu, 4>::random([1, 2, 5, 4], Distribution::Normal(0.0, 1.0), &device)
+        };
+        let (q, k, v) = (t(1), t(2), t(3));
+        let bias = Tensor::<Cpu, 4>::zeros([1, 1, 5, 5], &device);
+        let dropout = Dropout::new(0.5);
+        let a = attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            bias.clone(),
+            &dropout,
+            false,
+        );
+        let b = composed(q, k, v, bias, &dropout, false);
+        assert_eq!(a.into_data(), b.into_data(), "no dropout, same values");
+    }
+}
