@@ -153,15 +153,27 @@ impl<B: Backend> AdamW<B> {
         if !same {
             self.relayout(&model, &gathered.ids, &device);
         }
-        // The gradients, laid out as the parameters are.
-        let mut g: [Option<Tensor<B, 1>>; 2] = [0, 1].map(|group| {
-            let flat = self.flat[group].as_ref()?;
-            Some(Tensor::zeros(flat.p.dims(), &device))
-        });
+        // The gradients, laid out as the parameters are: each followed by
+        // zeros up to the next parameter's offset. One concatenation
+        // allocates each group once; writing into a buffer of zeros took a
+        // second, transient copy of it.
+        let mut parts: [Vec<Tensor<B, 1>>; 2] = [Vec::new(), Vec::new()];
+        let mut ends = [0usize; 2];
         for (s, grad) in self.layout.iter().zip(gathered.grads) {
-            let group = g[s.group].take().expect("a group that holds it");
-            g[s.group] = Some(group.slice_assign(s.range(), grad));
+            if s.offset > ends[s.group] {
+                parts[s.group].push(Tensor::zeros([s.offset - ends[s.group]], &device));
+            }
+            parts[s.group].push(grad);
+            ends[s.group] = s.offset + s.len();
         }
+        let g: [Option<Tensor<B, 1>>; 2] = [0, 1].map(|group| {
+            let n = self.flat[group].as_ref()?.p.dims()[0];
+            let mut parts = std::mem::take(&mut parts[group]);
+            if n > ends[group] {
+                parts.push(Tensor::zeros([n - ends[group]], &device));
+            }
+            Some(Tensor::cat(parts, 0))
+        });
         let norm = g
             .iter()
             .flatten()
@@ -170,6 +182,13 @@ impl<B: Backend> AdamW<B> {
             .expect("a gradient")
             .sqrt();
         let factor = clip.map(|max| clip_factor(norm.clone(), max));
+
+        // The model's trained parameters are views of the flat buffers; let
+        // go of them, so that the update below can write the buffers in
+        // place instead of allocating a second copy of every parameter.
+        let model = model.map(&mut Release {
+            layout: &self.layout,
+        });
 
         let s = self.settings;
         let [b1, b2] = s.betas;
@@ -184,7 +203,9 @@ impl<B: Backend> AdamW<B> {
             if let Some(f) = &factor {
                 g = g * f.clone();
             }
-            let m = m.mul_scalar(b1) + g.clone().mul_scalar(1.0 - b1);
+            // b1·m + (1 − b1)·g, written so that every operation can reuse
+            // its input's buffer: no temporary the size of the parameters.
+            let m = m.sub(g.clone()).mul_scalar(b1).add(g.clone());
             let v = v.mul_scalar(b2) + g.powi_scalar(2).mul_scalar(1.0 - b2);
             if group == MATRICES && s.weight_decay > 0.0 {
                 p = p.mul_scalar(1.0 - lr * s.weight_decay);
@@ -194,7 +215,7 @@ impl<B: Backend> AdamW<B> {
                 .sqrt()
                 .div_scalar(correction2.sqrt())
                 .add_scalar(s.eps);
-            p = p - (m.clone() / denom).mul_scalar(lr / correction1);
+            p = p - denom.recip().mul(m.clone()).mul_scalar(lr / correction1);
             flat[group] = Some(Flat { p, m, v });
         }
         let model = model.map(&mut Place {
@@ -296,6 +317,23 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Values<AB::InnerBackend> {
             let n = value.dims().iter().product::<usize>();
             self.found.insert(param.id, value.reshape([n]));
         }
+    }
+}
+
+/// Replaces each trained parameter with a one-value tensor until [`Place`]
+/// puts its view of the updated buffers back.
+struct Release<'a> {
+    layout: &'a [Segment],
+}
+
+impl<AB: AutodiffBackend> ModuleMapper<AB> for Release<'_> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<AB, D>>) -> Param<Tensor<AB, D>> {
+        let (id, tensor, mapper) = param.consume();
+        if !self.layout.iter().any(|s| s.id == id) {
+            return Param::from_mapped_value(id, tensor, mapper);
+        }
+        let placeholder = Tensor::<AB, D>::empty([1; D], &tensor.device());
+        Param::from_mapped_value(id, placeholder, mapper)
     }
 }
 
