@@ -1,9 +1,11 @@
 //! Peak device-memory estimate of a run, before anything is loaded.
 //!
-//! A sum of parts computed from the model's sizes, the method, the base's
-//! storage, the batch shape and the precision: weights, gradients, optimizer
-//! state, activations kept for the backward pass, and a fixed workspace for
-//! the runtime's allocator and kernels.
+//! Parts computed from the model's sizes, the method, the base's storage,
+//! the batch shape and the precision: weights, gradients, optimizer state,
+//! activations kept for the backward pass, and a fixed workspace for the
+//! runtime's allocator and kernels. The peak is what is alive at the fuller
+//! of two moments of a step (after the forward pass, or in the optimizer
+//! step), plus the workspace.
 
 use crate::config::{Method, Precision, QuantFormat, RunConfig};
 use serde::{Deserialize, Serialize};
@@ -17,12 +19,38 @@ pub struct MemoryEstimate {
     pub gradients: u64,
     /// AdamW moments (and fp32 master copies under bf16).
     pub optimizer: u64,
-    /// Activations kept for the backward pass at the planned batch shape.
+    /// Activations kept for the backward pass at the planned batch shape
+    /// (with the weight copies the products keep).
     pub activations: u64,
-    /// Allocator slack and kernel workspace.
+    /// Allocator slack, kernel workspace and the backward pass's temporaries.
     pub workspace: u64,
-    /// The sum.
+    /// The peak: the parts alive at [`MemoryEstimate::peak_at`], plus the
+    /// workspace.
     pub total: u64,
+    /// When the peak comes.
+    #[serde(default)]
+    pub peak_at: PeakMoment,
+}
+
+/// The moment of a training step that holds the most memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeakMoment {
+    /// Weights, optimizer state and activations.
+    #[default]
+    AfterForward,
+    /// Weights, optimizer state and the gradients twice.
+    OptimizerStep,
+}
+
+impl PeakMoment {
+    /// What holds the memory then, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            PeakMoment::AfterForward => "after the forward pass",
+            PeakMoment::OptimizerStep => "in the optimizer step",
+        }
+    }
 }
 
 /// Parameter counts of a run.
@@ -113,10 +141,15 @@ fn frozen_base_in_half(config: &RunConfig) -> bool {
 }
 
 /// Estimates the peak device memory of one run.
+///
+/// Training holds the most at one of two moments. After the forward pass:
+/// the weights, the optimizer's moments, and everything kept for the
+/// backward pass. During the optimizer step: the weights, the moments and
+/// the gradients twice (as the backward pass left them, and laid out flat
+/// for the update; the update itself writes in place). The estimate is the
+/// higher of the two, plus a fixed workspace.
 pub fn estimate(config: &RunConfig) -> MemoryEstimate {
     let params = parameters(config);
-    let d = &config.model.base.dims;
-    let bf16 = config.train.precision == Precision::Bf16;
     let weights = base_weight_bytes(config, params.base)
         + if matches!(config.method, Method::Full) {
             0
@@ -125,6 +158,36 @@ pub fn estimate(config: &RunConfig) -> MemoryEstimate {
         };
     let gradients = params.trainable * 4;
     let optimizer = params.trainable * 8;
+    let activations = activations(config);
+    // Allocator slack, the products' workspace and the backward pass's
+    // temporaries (one layer's at a time), not counted part by part: on the
+    // H200 the six benchmark configurations' peaks exceeded the counted
+    // parts by 15 to 36 MiB (BENCHMARKS.md, "Memory estimator").
+    let workspace = 32 * 1024 * 1024;
+    let after_forward = weights + optimizer + activations;
+    let in_step = weights + 2 * gradients + optimizer;
+    let (peak, at) = if after_forward >= in_step {
+        (after_forward, PeakMoment::AfterForward)
+    } else {
+        (in_step, PeakMoment::OptimizerStep)
+    };
+    MemoryEstimate {
+        weights,
+        gradients,
+        optimizer,
+        activations,
+        workspace,
+        total: peak + workspace,
+        peak_at: at,
+    }
+}
+
+/// Bytes a training forward pass keeps for the backward pass, at the
+/// planned batch shape: counted tensor by tensor, and checked against a
+/// counting allocator on the CPU (`tests/memory.rs`, and at the
+/// benchmarks' shapes `bench/activation_memory.rs`).
+pub fn activations(config: &RunConfig) -> u64 {
+    let d = &config.model.base.dims;
     let (b, s, h, i, heads, l) = (
         config.train.batch_size as u64,
         config.dataset.max_tokens as u64,
@@ -133,32 +196,63 @@ pub fn estimate(config: &RunConfig) -> MemoryEstimate {
         d.heads as u64,
         d.layers as u64,
     );
-    let linear = l * (4 * h * h + 2 * h * i);
+    let bf16 = config.train.precision == Precision::Bf16;
     let packed = config.quantize.format != QuantFormat::None;
     let packed_half = packed && config.quantize.compute == Precision::Bf16;
-    // Kept for the backward pass, per token of a layer. fp32: the inputs of
-    // the projections, q, k, v and the context, the two LayerNorms' kept
-    // tensors and the two dropout masks on the hidden states, one byte per
-    // value (26·h bytes when the LayerNorms train, 34·h when they are
-    // frozen), GELU's input and output (8·i), and per head and key the
-    // softmax output and the dropped probabilities with their one-byte mask
-    // (5). bf16 products keep bf16 copies of what the products read (the
-    // shared q/k/v input, q, k, v, the context, the feed-forward input, the
-    // dropped probabilities), GELU's input and output in bf16 (4·i: GELU
-    // runs on the product's bf16 result, as under autocast) and f32 the rest.
-    //
-    // The LayerNorm terms are measured, not only counted: ftl's LayerNorm
-    // (one normalised tensor kept per LayerNorm) lowered full fine-tuning's
-    // peak on the H200 by what one tensor less per LayerNorm predicts, and
-    // left LoRA's peak where it was (BENCHMARKS.md). With frozen γ and β,
-    // burn's own decomposition already kept as little, and something else
-    // of that size (counted here as a second tensor) stays alive.
-    let layer_norms_train = matches!(config.method, Method::Full);
-    let frozen_norms = if layer_norms_train { 0 } else { 8 * h };
-    let per_layer = if bf16 {
-        b * s * (14 * h + frozen_norms + 4 * i) + b * heads * s * s * 3
-    } else {
-        b * s * (26 * h + frozen_norms + 8 * i) + b * heads * s * s * 5
+    let full = matches!(config.method, Method::Full);
+    // Bytes per value: attention's q, k and v; what the products read.
+    let attention = if bf16 { 2 } else { 4 };
+    let product = if bf16 || packed_half { 2 } else { 4 };
+    let mask = u64::from(config.model.dropout > 0.0);
+
+    // Per token of a layer: the two LayerNorms keep their normalised input
+    // (f32); the two dropouts on the hidden states keep one-byte masks;
+    // attention keeps q, k and v; GELU keeps its input.
+    let mut per_token = 2 * 4 * h + 2 * mask * h + 3 * attention * h + product * i;
+    // Attention's dropout mask, one byte per head, query and key.
+    let per_score = mask;
+    // What each product reads, by the input it shares with the others:
+    // q, k and v read the layer's input, o the context, the first
+    // feed-forward product the block's input, the second GELU's output.
+    // A product keeps its input when its weight trains.
+    let inputs: [(&[&str], u64); 4] = [
+        (&["query", "key", "value", "q", "k", "v"], h),
+        (&["attention.output.dense", "o"], h),
+        (&["intermediate.dense"], h),
+        (&["output.dense"], i),
+    ];
+    match &config.method {
+        Method::Full => {
+            per_token += inputs.iter().map(|(_, width)| product * width).sum::<u64>();
+        }
+        Method::Lora(lora) | Method::Qlora(lora) => {
+            for (modules, width) in inputs {
+                let adapted = lora
+                    .targets
+                    .iter()
+                    .filter(|t| modules.contains(&t.as_str()))
+                    .count() as u64;
+                if adapted == 0 {
+                    continue;
+                }
+                // With dropout each adapter keeps its own dropped input and
+                // mask; without, the adapters read the base's input, kept once.
+                per_token += if lora.dropout > 0.0 {
+                    adapted * (product + 1) * width
+                } else {
+                    product * width
+                };
+            }
+        }
+    }
+    let per_layer = b * s * per_token + b * heads * s * s * per_score;
+    // Trained embeddings: their LayerNorm's normalised output and dropout mask.
+    let embeddings = if full { b * s * (4 + mask) * h } else { 0 };
+    // MPNet's relative-position bias, shared by every layer, which attention
+    // keeps to compute the scores again.
+    let bias = match config.model.base.architecture {
+        crate::config::Architecture::Mpnet => b * heads * s * s * 4,
+        crate::config::Architecture::Bert => 0,
     };
     // A product's backward pass also needs its weight: under bf16 a bf16 copy
     // of every trained linear weight lives until then (a frozen base kept in
@@ -167,6 +261,7 @@ pub fn estimate(config: &RunConfig) -> MemoryEstimate {
     // only one f32 dequantized weight (the largest) exists at a time. (On the
     // CPU a packed base dequantizes again in the backward pass and keeps
     // none; the estimate is the CUDA figure.)
+    let linear = l * (4 * h * h + 2 * h * i);
     let weight_copies = if frozen_base_in_half(config) {
         0
     } else if bf16 || packed_half {
@@ -176,17 +271,7 @@ pub fn estimate(config: &RunConfig) -> MemoryEstimate {
     } else {
         0
     };
-    let activations = l * per_layer + b * s * h * 4 + weight_copies;
-    let workspace = 64 * 1024 * 1024;
-    let total = weights + gradients + optimizer + activations + workspace;
-    MemoryEstimate {
-        weights,
-        gradients,
-        optimizer,
-        activations,
-        workspace,
-        total,
-    }
+    l * per_layer + embeddings + bias + weight_copies
 }
 
 /// `512.0 MiB`, `8.00 GiB`.
@@ -200,5 +285,61 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{:.1} KiB", b / 1024.0)
     } else {
         format!("{bytes} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::project::MemoryLoader;
+    use crate::span::Sources;
+
+    fn run(method: &str, batch: u32, tokens: u32) -> RunConfig {
+        let text = format!(
+            "import \"std/models\"\nimport \"std/datasets\"\n\
+             pipeline p {{\n  model.base = models.minilm_l6\n  \
+             dataset = datasets.sst2 {{\n    max_tokens = {tokens}\n  }}\n  \
+             method = {method}\n  train.batch_size = {batch}\n}}\n"
+        );
+        let loader = MemoryLoader::new([("p.ft", text.as_str())]);
+        let mut sources = Sources::new();
+        let checked = crate::check("p.ft", &loader, &mut sources, "").expect("checks");
+        let plan = crate::lower(&checked, &sources).expect("lowers");
+        plan.runs[0].config.clone()
+    }
+
+    #[test]
+    fn the_peak_is_the_fuller_of_the_two_moments() {
+        // Full fine-tuning of one short sequence: the step's second copy of
+        // the gradients outweighs the activations.
+        let small = estimate(&run("full", 1, 8));
+        assert_eq!(small.peak_at, PeakMoment::OptimizerStep);
+        assert_eq!(
+            small.total,
+            small.weights + 2 * small.gradients + small.optimizer + small.workspace
+        );
+        assert!(small.activations < small.gradients);
+        // The benchmarks' batch: the activations do.
+        let large = estimate(&run("full", 32, 64));
+        assert_eq!(large.peak_at, PeakMoment::AfterForward);
+        assert_eq!(
+            large.total,
+            large.weights + large.optimizer + large.activations + large.workspace
+        );
+        // Adapters have next to no gradients: always after the forward pass.
+        let lora = estimate(&run("lora(rank = 8)", 1, 8));
+        assert_eq!(lora.peak_at, PeakMoment::AfterForward);
+    }
+
+    #[test]
+    fn activations_grow_with_the_batch_and_the_square_of_the_length_for_attention() {
+        // fp32 (the default): no weight copies, everything is per sequence.
+        let a = activations(&run("full", 16, 64));
+        let b = activations(&run("full", 32, 64));
+        assert_eq!(b, 2 * a);
+        let short = activations(&run("lora(rank = 8)", 32, 32)) as f64;
+        let long = activations(&run("lora(rank = 8)", 32, 64)) as f64;
+        // Per token, and per head and key: more than double.
+        assert!(long > 2.0 * short, "{short} → {long}");
     }
 }

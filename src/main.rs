@@ -285,13 +285,13 @@ fn plan_file(file: &Path, root: Option<&Path>, json: bool) -> bool {
 }
 
 fn estimate_file(file: &Path, root: Option<&Path>) -> bool {
-    use ftl::estimate::human_bytes as h;
+    use ftl::estimate::{PeakMoment, human_bytes as h};
     let Some(plan) = load_plan(file, root) else {
         return false;
     };
     println!(
-        "{:<36} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}  budget",
-        "run", "total", "weights", "gradients", "optimizer", "activations", "workspace"
+        "{:<36} {:>11} {:>8} {:>11} {:>11} {:>11} {:>11} {:>11}  budget",
+        "run", "total", "peak at", "weights", "gradients", "optimizer", "activations", "workspace"
     );
     for run in &plan.runs {
         let m = &run.memory;
@@ -306,9 +306,13 @@ fn estimate_file(file: &Path, root: Option<&Path>) -> bool {
             .gpu_memory
             .map_or("none".to_string(), |b| format!("{} ({verdict})", h(b)));
         println!(
-            "{:<36} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}  {budget}",
+            "{:<36} {:>11} {:>8} {:>11} {:>11} {:>11} {:>11} {:>11}  {budget}",
             run.name,
             h(m.total),
+            match m.peak_at {
+                PeakMoment::AfterForward => "forward",
+                PeakMoment::OptimizerStep => "step",
+            },
             h(m.weights),
             h(m.gradients),
             h(m.optimizer),

@@ -181,12 +181,13 @@ fn over_budget(
     .label("the budget")
     .note("to plan such runs as skipped and run the others, set `budget.exceed = skip`")
     .note(format!(
-        "estimate: weights {}, gradients {}, optimizer {}, activations {}, workspace {}",
+        "estimate: weights {}, gradients {}, optimizer {}, activations {}, workspace {}; highest {}",
         human_bytes(m.weights),
         human_bytes(m.gradients),
         human_bytes(m.optimizer),
         human_bytes(m.activations),
-        human_bytes(m.workspace)
+        human_bytes(m.workspace),
+        m.peak_at.describe()
     ));
     let cfg = &c.config;
     if cfg.train.batch_size > 1 {

@@ -55,8 +55,9 @@ fn render_run(run: &Run, out: &mut String) {
         None => String::new(),
     };
     out.push_str(&format!(
-        "  memory estimate: {} (weights {}, gradients {}, optimizer {}, activations {}, workspace {}){budget}\n",
+        "  memory estimate: {}, highest {} (weights {}, gradients {}, optimizer {}, activations {}, workspace {}){budget}\n",
         human_bytes(m.total),
+        m.peak_at.describe(),
         human_bytes(m.weights),
         human_bytes(m.gradients),
         human_bytes(m.optimizer),
