@@ -162,7 +162,7 @@ pub fn estimate(config: &RunConfig) -> MemoryEstimate {
     // Allocator slack, the products' workspace and the backward pass's
     // temporaries (one layer's at a time), not counted part by part: on the
     // H200 the six benchmark configurations' peaks exceeded the counted
-    // parts by 15 to 36 MiB (BENCHMARKS.md, "Memory estimator").
+    // parts by 14 to 33 MiB (BENCHMARKS.md, "Memory estimator").
     let workspace = 32 * 1024 * 1024;
     let after_forward = weights + optimizer + activations;
     let in_step = weights + 2 * gradients + optimizer;
