@@ -32,7 +32,8 @@
 # allocator (PyTorch max_memory_allocated; ftl's sampled bytes in use), the
 # process's peak device memory as NVML reports it (sampled every 100 ms), and
 # the seconds from process start to the end of the first optimizer step,
-# and ftl's first and largest gradient norms (a sanity check on training).
+# ftl's first and largest gradient norms (a sanity check on training), and
+# ftl's memory estimate with its error against the measured peak.
 # Models in RANDOM_MODELS use random weights on both sides (the reference's
 # --random-init; for ftl a folder written by bench/random_model.py): speed and
 # memory do not depend on the values.
@@ -114,12 +115,17 @@ try:
     t = summary["timing"]
     row.update(ftl_samples_per_s=round(32 * len(later) / secs, 1),
                ftl_peak_alloc_mib=round((summary["peak_memory_bytes"] or 0) / 2**20, 1),
+               # The estimator's prediction (`ftl estimate`), and how far the
+               # sampled peak is from it.
+               ftl_estimate_mib=round(summary["estimated_memory_bytes"] / 2**20, 1),
                ftl_first_step_s=round(t["load"] + t["warmup"], 2),
                ftl_final_loss=steps[-1].get("loss"),
                # A training that goes wrong shows here first: LoRA and QLoRA
                # start near the same norm.
                ftl_first_grad_norm=steps[0].get("grad_norm"),
                ftl_max_grad_norm=max(s.get("grad_norm") or 0 for s in steps))
+    if row["ftl_peak_alloc_mib"]:
+        row["ftl_estimate_error"] = round(row["ftl_estimate_mib"] / row["ftl_peak_alloc_mib"] - 1, 3)
 except Exception as e:
     row["ftl_error"] = repr(e)
 # One set of columns per reference mode: ref_* (default), ref_pretokenize_*.
