@@ -189,30 +189,196 @@ fn over_budget(
         human_bytes(m.workspace),
         m.peak_at.describe()
     ));
-    let cfg = &c.config;
-    if cfg.train.batch_size > 1 {
-        let half = cfg.train.batch_size / 2;
-        d = d.hint(format!(
-            "halve the batch and keep the effective batch: `train.batch_size = {half}` with `train.grad_accum = {}`",
-            cfg.train.grad_accum * 2
-        ));
-    }
-    match cfg.method {
-        crate::config::Method::Full => {
-            d = d.hint("train adapters instead: `method = lora(rank = 8)` keeps the base frozen, with no gradients or optimizer state for it");
-        }
-        crate::config::Method::Lora(_) => {
-            d = d.hint("store the frozen base in 4 bits: `method = qlora(rank = 8)`");
-        }
-        crate::config::Method::Qlora(_) => {}
-    }
-    if cfg.dataset.max_tokens > 64 {
-        d = d.hint(format!(
-            "shorter inputs cut activations: `dataset.max_tokens = {}`",
-            cfg.dataset.max_tokens / 2
-        ));
+    for hint in fitting_changes(&c.config, budget) {
+        d = d.hint(hint);
     }
     d
+}
+
+/// One change to a run's configuration: why, what to write, and what it does.
+struct Change {
+    why: &'static str,
+    code: String,
+    apply: Box<dyn Fn(&mut RunConfig)>,
+}
+
+/// What would bring `cfg` under `budget`, each with its estimate: every
+/// single change that fits on its own (bf16, adapters, a 4-bit base, a
+/// smaller batch with gradient accumulation, shorter inputs); when none
+/// does, the fewest of them that fit together, or what even all of them
+/// leave over.
+fn fitting_changes(cfg: &RunConfig, budget: u64) -> Vec<String> {
+    let total = |c: &RunConfig| estimate(c).total;
+    let fits = |c: &RunConfig| total(c) <= budget;
+    let singles: Vec<String> = structural_changes(cfg)
+        .into_iter()
+        .chain(largest_batch(cfg, &fits))
+        .chain(longest_inputs(cfg, &fits))
+        .filter_map(|ch| {
+            let mut c = cfg.clone();
+            (ch.apply)(&mut c);
+            fits(&c).then(|| format!("{}: {} (about {})", ch.why, ch.code, human_bytes(total(&c))))
+        })
+        .collect();
+    if !singles.is_empty() {
+        return singles;
+    }
+    // Together: precision and method first (each replacing the one
+    // before: a 4-bit base replaces plain adapters), then the largest batch
+    // that fits, then the longest inputs.
+    let mut c = cfg.clone();
+    let mut taken: Vec<Change> = Vec::new();
+    let together = |c: &RunConfig, taken: &[Change]| {
+        let codes: Vec<&str> = taken.iter().map(|t| t.code.as_str()).collect();
+        vec![format!(
+            "no single change fits; together these do (about {}): {}",
+            human_bytes(total(c)),
+            codes.join(", ")
+        )]
+    };
+    for ch in structural_changes(cfg) {
+        let replaces_method = ch.code.starts_with("`method");
+        if replaces_method {
+            taken.retain(|t| !t.code.starts_with("`method"));
+        }
+        (ch.apply)(&mut c);
+        taken.push(ch);
+        if fits(&c) {
+            return together(&c, &taken);
+        }
+    }
+    type Largest = fn(&RunConfig, &dyn Fn(&RunConfig) -> bool) -> Option<Change>;
+    type Smallest = fn(&RunConfig) -> Option<Change>;
+    let steps: [(Largest, Smallest); 2] = [
+        (largest_batch, smallest_batch),
+        (longest_inputs, shortest_inputs),
+    ];
+    for (largest, smallest) in steps {
+        let Some(ch) = largest(&c, &fits).or_else(|| smallest(&c)) else {
+            continue;
+        };
+        (ch.apply)(&mut c);
+        taken.push(ch);
+        if fits(&c) {
+            return together(&c, &taken);
+        }
+    }
+    let codes: Vec<&str> = taken.iter().map(|t| t.code.as_str()).collect();
+    vec![format!(
+        "even {} together leave the run at about {}: choose a smaller model or a larger budget",
+        codes.join(", "),
+        human_bytes(total(&c))
+    )]
+}
+
+/// bf16 instead of fp32, adapters instead of full fine-tuning, a 4-bit base
+/// under adapters: the changes that do not depend on the budget.
+fn structural_changes(cfg: &RunConfig) -> Vec<Change> {
+    use crate::config::{Lora, Method, Precision, QuantFormat, Quantize};
+    let mut changes = Vec::new();
+    if cfg.train.precision == Precision::Fp32 {
+        changes.push(Change {
+            why: "compute in bf16 on the GPU",
+            code: "`train.precision = bf16`".into(),
+            apply: Box::new(|c| c.train.precision = Precision::Bf16),
+        });
+    }
+    let four_bit = |c: &mut RunConfig, lora: &Lora| {
+        c.method = Method::Qlora(lora.clone());
+        c.quantize = Quantize {
+            format: QuantFormat::Nf4,
+            block_size: 64,
+            double_quant: true,
+            compute: Precision::Bf16,
+        };
+    };
+    match &cfg.method {
+        Method::Full => {
+            let lora = Lora {
+                rank: 8,
+                alpha: 16.0,
+                dropout: 0.05,
+                targets: cfg.model.base.lora_targets.clone(),
+            };
+            let adapters = lora.clone();
+            changes.push(Change {
+                why: "train adapters, with no gradients or optimizer state for the base",
+                code: "`method = lora(rank = 8)`".into(),
+                apply: Box::new(move |c| c.method = Method::Lora(adapters.clone())),
+            });
+            changes.push(Change {
+                why: "train adapters over a base stored in 4 bits",
+                code: "`method = qlora(rank = 8)`".into(),
+                apply: Box::new(move |c| four_bit(c, &lora)),
+            });
+        }
+        Method::Lora(lora) => {
+            let lora = lora.clone();
+            changes.push(Change {
+                why: "store the frozen base in 4 bits, the adapters as they are",
+                code: "`method = qlora(…)`".into(),
+                apply: Box::new(move |c| four_bit(c, &lora)),
+            });
+        }
+        Method::Qlora(_) => {}
+    }
+    changes
+}
+
+/// The largest smaller batch that fits, with the effective batch kept by
+/// gradient accumulation.
+fn largest_batch(cfg: &RunConfig, fits: &dyn Fn(&RunConfig) -> bool) -> Option<Change> {
+    let (batch, accum) = (cfg.train.batch_size, cfg.train.grad_accum);
+    let k = (1..batch.max(1).ilog2() + 1).find(|k| {
+        let mut c = cfg.clone();
+        c.train.batch_size = batch >> k;
+        fits(&c)
+    })?;
+    Some(batch_change(batch >> k, accum << k))
+}
+
+fn batch_change(batch: u32, accum: u32) -> Change {
+    Change {
+        why: "a smaller batch, the same effective batch",
+        code: format!("`train.batch_size = {batch}` with `train.grad_accum = {accum}`"),
+        apply: Box::new(move |c| {
+            c.train.batch_size = batch;
+            c.train.grad_accum = accum;
+        }),
+    }
+}
+
+/// The longest halved input length, down to 16 tokens, that fits.
+fn longest_inputs(cfg: &RunConfig, fits: &dyn Fn(&RunConfig) -> bool) -> Option<Change> {
+    let tokens = cfg.dataset.max_tokens;
+    let t = (1..8)
+        .map(|k| tokens >> k)
+        .take_while(|t| *t >= 16)
+        .find(|t| {
+            let mut c = cfg.clone();
+            c.dataset.max_tokens = *t;
+            fits(&c)
+        })?;
+    Some(tokens_change(t))
+}
+
+fn tokens_change(tokens: u32) -> Change {
+    Change {
+        why: "shorter inputs",
+        code: format!("`dataset.max_tokens = {tokens}`"),
+        apply: Box::new(move |c| c.dataset.max_tokens = tokens),
+    }
+}
+
+/// Batch 1, the effective batch kept.
+fn smallest_batch(cfg: &RunConfig) -> Option<Change> {
+    let (batch, accum) = (cfg.train.batch_size, cfg.train.grad_accum);
+    (batch > 1).then(|| batch_change(1, accum * batch))
+}
+
+/// 16 tokens.
+fn shortest_inputs(cfg: &RunConfig) -> Option<Change> {
+    (cfg.dataset.max_tokens > 16).then(|| tokens_change(16))
 }
 
 /// The first 16 hex digits of the sha256 of the configuration's JSON.
