@@ -11,9 +11,7 @@
 //! with METHOD `full` or `lora` (rank 8 on query and value, as
 //! `bench/pipelines/speed.ft`) and PRECISION `bf16` or `fp32`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
-use std::sync::atomic::{AtomicIsize, Ordering};
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
@@ -21,31 +19,10 @@ use ftl::config::{Lora, Method, Precision, QuantFormat, Quantize};
 use ftl::runtime::backend::{Cpu, cpu_device};
 use ftl::runtime::model::classifier::Classifier;
 use ftl::runtime::model::head::{ClassificationHeadConfig, Pooling};
+
+#[path = "counting.rs"]
+mod counting;
 use ftl::runtime::model::{Architecture, EncoderConfig};
-
-/// Counts the bytes the process holds.
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the
-// counter is only arithmetic on the sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::SeqCst);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::SeqCst);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::SeqCst);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 type Train = Autodiff<Cpu>;
 
@@ -104,9 +81,9 @@ fn main() {
     let mask = Tensor::<Train, 2, Int>::ones([batch, seq], &device);
     let mib = |bytes: isize| bytes as f64 / 1048576.0;
     for pass in 1..=2 {
-        let before = LIVE.load(Ordering::SeqCst);
+        let before = counting::live();
         let logits = model.forward(ids.clone(), mask.clone());
-        let kept = LIVE.load(Ordering::SeqCst) - before;
+        let kept = counting::live() - before;
         println!(
             "pass {pass}: kept after the forward pass {:.1} MiB",
             mib(kept)

@@ -6,9 +6,7 @@
 //!
 //! `cargo run --release --example step_memory`
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
-use std::sync::atomic::{AtomicIsize, Ordering};
 
 use burn::backend::Autodiff;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -22,47 +20,14 @@ use ftl::runtime::model::head::{ClassificationHeadConfig, Pooling};
 use ftl::runtime::train::optim::AdamW;
 use ftl::runtime::train::state::named_params;
 
-/// Counts the bytes the process holds and the highest count since reset.
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-
-fn moved(by: isize) {
-    let now = LIVE.fetch_add(by, Ordering::SeqCst) + by;
-    PEAK.fetch_max(now, Ordering::SeqCst);
-}
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the
-// counters are only arithmetic on the sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        moved(layout.size() as isize);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        moved(-(layout.size() as isize));
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        moved(new_size as isize - layout.size() as isize);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+#[path = "counting.rs"]
+mod counting;
 
 type Train = Autodiff<Cpu>;
 
-/// A small BERT: big enough that its parameters dwarf bookkeeping.
-const BERT: &str = r#"{
-  "model_type": "bert", "vocab_size": 4000, "hidden_size": 128, "num_hidden_layers": 2,
-  "num_attention_heads": 4, "intermediate_size": 512, "max_position_embeddings": 40,
-  "type_vocab_size": 2, "pad_token_id": 0, "layer_norm_eps": 1e-12, "hidden_act": "gelu"
-}"#;
-
 fn main() {
-    let config = EncoderConfig::from_json(BERT, Path::new("config.json")).expect("a valid config");
+    let config = EncoderConfig::from_json(counting::SMALL_BERT, Path::new("config.json"))
+        .expect("a valid config");
     let device = cpu_device();
     let encoder = config.init::<Train>(&device);
     let head = ClassificationHeadConfig::new(128, 2, Pooling::Mean, 1).init(&device);
@@ -98,16 +63,16 @@ fn main() {
     let targets = Tensor::<Train, 1, Int>::from_data(TensorData::new(labels, [batch]), &device);
     let p = |bytes: isize| bytes as f64 / unit;
     for step in 1..=4 {
-        let before = LIVE.load(Ordering::SeqCst);
+        let before = counting::live();
         let logits = model.forward(ids.clone(), mask.clone());
         let loss = CrossEntropyLossConfig::new()
             .init(&device)
             .forward(logits, targets.clone());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let after_backward = LIVE.load(Ordering::SeqCst);
-        PEAK.store(after_backward, Ordering::SeqCst);
+        let after_backward = counting::live();
+        counting::reset_peak();
         model = optimizer.step(model, grads, 1e-3, None).0;
-        let in_step = PEAK.load(Ordering::SeqCst);
+        let in_step = counting::peak();
         println!(
             "step {step}: before {:.2}P, after backward {:.2}P, highest in the optimizer step {:.2}P \
              (+{:.2}P), after {:.2}P",
@@ -115,7 +80,7 @@ fn main() {
             p(after_backward),
             p(in_step),
             p(in_step - after_backward),
-            p(LIVE.load(Ordering::SeqCst)),
+            p(counting::live()),
         );
     }
 }

@@ -12,9 +12,7 @@
 //! Its own test binary, with one test, so that nothing else allocates while
 //! it counts.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
-use std::sync::atomic::{AtomicIsize, Ordering};
 
 use burn::backend::Autodiff;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -32,34 +30,8 @@ use ftl::runtime::train::optim::AdamW;
 use ftl::runtime::train::state::named_params;
 use ftl::span::Sources;
 
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-static PEAK: AtomicIsize = AtomicIsize::new(0);
-
-fn moved(by: isize) {
-    let now = LIVE.fetch_add(by, Ordering::SeqCst) + by;
-    PEAK.fetch_max(now, Ordering::SeqCst);
-}
-
-// SAFETY: every call is forwarded to the system allocator unchanged; the
-// counter is only arithmetic on the sizes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        moved(layout.size() as isize);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        moved(-(layout.size() as isize));
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        moved(new_size as isize - layout.size() as isize);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
+#[path = "../bench/counting.rs"]
+mod counting;
 
 type Train = Autodiff<Cpu>;
 type Attention = fn(
@@ -93,10 +65,10 @@ fn kept(f: Attention, half: bool) -> isize {
     let bias =
         Tensor::<Train, 4>::zeros([B, 1, 1, S], &device).expand([B as i64, -1, S as i64, S as i64]);
     let dropout = Dropout::new(0.1);
-    let before = LIVE.load(Ordering::SeqCst);
+    let before = counting::live();
     let out = f(q.clone(), k.clone(), v.clone(), bias, &dropout, half);
     let width = if half { 2 } else { 4 };
-    let kept = LIVE.load(Ordering::SeqCst) - before - (B * H * S * D * width) as isize;
+    let kept = counting::live() - before - (B * H * S * D * width) as isize;
     let grads = out.sum().backward();
     for (name, t) in [("q", &q), ("k", &k), ("v", &v)] {
         let g = t.grad(&grads).expect("a gradient");
@@ -148,20 +120,14 @@ fn attention_keeps_only_its_dropout_mask() {
     }
 }
 
-/// A small BERT: big enough that its parameters dwarf bookkeeping.
-const BERT: &str = r#"{
-  "model_type": "bert", "vocab_size": 4000, "hidden_size": 128, "num_hidden_layers": 2,
-  "num_attention_heads": 4, "intermediate_size": 512, "max_position_embeddings": 40,
-  "type_vocab_size": 2, "pad_token_id": 0, "layer_norm_eps": 1e-12, "hidden_act": "gelu"
-}"#;
-
 /// Full fine-tuning steps: the highest count during the optimizer step,
 /// above the count after the backward pass, in units of the trained
 /// parameters' f32 size. The flat gradients are that one unit (the
 /// per-parameter gradients are still alive while they are gathered); the
 /// moments and the parameters update in place.
 fn the_optimizer_step_adds_one_parameter_size() {
-    let config = EncoderConfig::from_json(BERT, Path::new("config.json")).expect("a valid config");
+    let config = EncoderConfig::from_json(counting::SMALL_BERT, Path::new("config.json"))
+        .expect("a valid config");
     let device = cpu_device();
     let encoder = config.init::<Train>(&device);
     let head = ClassificationHeadConfig::new(128, 2, Pooling::Mean, 1).init(&device);
@@ -200,10 +166,10 @@ fn the_optimizer_step_adds_one_parameter_size() {
             .forward(logits, targets.clone());
         losses.push(loss.clone().into_scalar());
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let after_backward = LIVE.load(Ordering::SeqCst);
-        PEAK.store(after_backward, Ordering::SeqCst);
+        let after_backward = counting::live();
+        counting::reset_peak();
         model = optimizer.step(model, grads, 1e-3, None).0;
-        added.push((PEAK.load(Ordering::SeqCst) - after_backward) as f64 / unit);
+        added.push((counting::peak() - after_backward) as f64 / unit);
     }
     eprintln!("optimizer steps added {added:.2?} parameter sizes; losses {losses:?}");
     assert!(losses[3] < losses[0], "the steps train: {losses:?}");
@@ -260,8 +226,8 @@ fn the_estimate_counts_what_the_forward_pass_keeps() {
     let device = cpu_device();
     for run in &plan.runs {
         let c = &run.config;
-        let config =
-            EncoderConfig::from_json(BERT, Path::new("config.json")).expect("a valid config");
+        let config = EncoderConfig::from_json(counting::SMALL_BERT, Path::new("config.json"))
+            .expect("a valid config");
         let mut encoder = config.init::<Train>(&device);
         encoder.set_dropout(c.model.dropout);
         let head = ClassificationHeadConfig::new(128, c.model.labels.len(), Pooling::Mean, 1)
@@ -279,9 +245,9 @@ fn the_estimate_counts_what_the_forward_pass_keeps() {
         // Once to set up scratch space that stays, then counted.
         let mut kept = 0;
         for _ in 0..2 {
-            let before = LIVE.load(Ordering::SeqCst);
+            let before = counting::live();
             let logits = model.forward(ids.clone(), mask.clone());
-            kept = LIVE.load(Ordering::SeqCst) - before;
+            kept = counting::live() - before;
             drop(logits.sum().backward());
         }
         let estimate = ftl::estimate::activations(c) as f64;
