@@ -157,11 +157,15 @@ impl<B: Backend> AdamW<B> {
         // zeros up to the next parameter's offset. One concatenation
         // allocates each group once; writing into a buffer of zeros took a
         // second, transient copy of it.
+        // The gaps are views of one small buffer of zeros (a gap is shorter
+        // than ALIGN): no kernel per gap.
+        let zeros = Tensor::<B, 1>::zeros([ALIGN], &device);
+        let gap = |len: usize| zeros.clone().slice(0..len);
         let mut parts: [Vec<Tensor<B, 1>>; 2] = [Vec::new(), Vec::new()];
         let mut ends = [0usize; 2];
         for (s, grad) in self.layout.iter().zip(gathered.grads) {
             if s.offset > ends[s.group] {
-                parts[s.group].push(Tensor::zeros([s.offset - ends[s.group]], &device));
+                parts[s.group].push(gap(s.offset - ends[s.group]));
             }
             parts[s.group].push(grad);
             ends[s.group] = s.offset + s.len();
@@ -170,7 +174,7 @@ impl<B: Backend> AdamW<B> {
             let n = self.flat[group].as_ref()?.p.dims()[0];
             let mut parts = std::mem::take(&mut parts[group]);
             if n > ends[group] {
-                parts.push(Tensor::zeros([n - ends[group]], &device));
+                parts.push(gap(n - ends[group]));
             }
             Some(Tensor::cat(parts, 0))
         });
