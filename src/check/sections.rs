@@ -143,7 +143,8 @@ fn model_section(cx: &mut Cx, val: &Val) -> Option<ModelConfig> {
     })
 }
 
-fn default_lora(model: &ModelSpec) -> Lora {
+/// What `lora()` and `qlora()` mean with no arguments, for `model`.
+pub(crate) fn default_lora(model: &ModelSpec) -> Lora {
     Lora {
         rank: 8,
         alpha: 16.0,
@@ -236,12 +237,24 @@ fn quantize_section(cx: &mut Cx, f: &mut Fields, method: Option<&Method>) -> Opt
         QuantFormat::None
     };
     let format = format.unwrap_or(Some(default_format))?;
+    let defaults = default_quantize(format);
     Some(Quantize {
         format,
-        block_size: block_size.unwrap_or(Some(64))?,
-        double_quant: double_quant.unwrap_or(Some(format == QuantFormat::Nf4))?,
-        compute: compute.unwrap_or(Some(Precision::Bf16))?,
+        block_size: block_size.unwrap_or(Some(defaults.block_size))?,
+        double_quant: double_quant.unwrap_or(Some(defaults.double_quant))?,
+        compute: compute.unwrap_or(Some(defaults.compute))?,
     })
+}
+
+/// What a `quantize` section holding only `format` means: blocks of 64,
+/// double quantization for NF4, bf16 compute.
+pub(crate) fn default_quantize(format: QuantFormat) -> Quantize {
+    Quantize {
+        format,
+        block_size: 64,
+        double_quant: format == QuantFormat::Nf4,
+        compute: Precision::Bf16,
+    }
 }
 
 fn warmup(cx: &mut Cx, val: &Val) -> Option<Warmup> {

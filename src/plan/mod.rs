@@ -199,6 +199,8 @@ fn over_budget(
 struct Change {
     why: &'static str,
     code: String,
+    /// Whether it sets `method` (a later method change replaces it).
+    sets_method: bool,
     apply: Box<dyn Fn(&mut RunConfig)>,
 }
 
@@ -217,7 +219,9 @@ fn fitting_changes(cfg: &RunConfig, budget: u64) -> Vec<String> {
         .filter_map(|ch| {
             let mut c = cfg.clone();
             (ch.apply)(&mut c);
-            fits(&c).then(|| format!("{}: {} (about {})", ch.why, ch.code, human_bytes(total(&c))))
+            let needs = total(&c);
+            (needs <= budget)
+                .then(|| format!("{}: {} (about {})", ch.why, ch.code, human_bytes(needs)))
         })
         .collect();
     if !singles.is_empty() {
@@ -237,9 +241,8 @@ fn fitting_changes(cfg: &RunConfig, budget: u64) -> Vec<String> {
         )]
     };
     for ch in structural_changes(cfg) {
-        let replaces_method = ch.code.starts_with("`method");
-        if replaces_method {
-            taken.retain(|t| !t.code.starts_with("`method"));
+        if ch.sets_method {
+            taken.retain(|t| !t.sets_method);
         }
         (ch.apply)(&mut c);
         taken.push(ch);
@@ -274,41 +277,36 @@ fn fitting_changes(cfg: &RunConfig, budget: u64) -> Vec<String> {
 /// bf16 instead of fp32, adapters instead of full fine-tuning, a 4-bit base
 /// under adapters: the changes that do not depend on the budget.
 fn structural_changes(cfg: &RunConfig) -> Vec<Change> {
-    use crate::config::{Lora, Method, Precision, QuantFormat, Quantize};
+    use crate::check::sections::{default_lora, default_quantize};
+    use crate::config::{Lora, Method, Precision, QuantFormat};
     let mut changes = Vec::new();
     if cfg.train.precision == Precision::Fp32 {
         changes.push(Change {
             why: "compute in bf16 on the GPU",
             code: "`train.precision = bf16`".into(),
+            sets_method: false,
             apply: Box::new(|c| c.train.precision = Precision::Bf16),
         });
     }
     let four_bit = |c: &mut RunConfig, lora: &Lora| {
         c.method = Method::Qlora(lora.clone());
-        c.quantize = Quantize {
-            format: QuantFormat::Nf4,
-            block_size: 64,
-            double_quant: true,
-            compute: Precision::Bf16,
-        };
+        c.quantize = default_quantize(QuantFormat::Nf4);
     };
     match &cfg.method {
         Method::Full => {
-            let lora = Lora {
-                rank: 8,
-                alpha: 16.0,
-                dropout: 0.05,
-                targets: cfg.model.base.lora_targets.clone(),
-            };
+            // What `lora()` would be, with the rank written out.
+            let lora = default_lora(&cfg.model.base);
             let adapters = lora.clone();
             changes.push(Change {
                 why: "train adapters, with no gradients or optimizer state for the base",
-                code: "`method = lora(rank = 8)`".into(),
+                code: format!("`method = lora(rank = {})`", lora.rank),
+                sets_method: true,
                 apply: Box::new(move |c| c.method = Method::Lora(adapters.clone())),
             });
             changes.push(Change {
                 why: "train adapters over a base stored in 4 bits",
-                code: "`method = qlora(rank = 8)`".into(),
+                code: format!("`method = qlora(rank = {})`", lora.rank),
+                sets_method: true,
                 apply: Box::new(move |c| four_bit(c, &lora)),
             });
         }
@@ -317,6 +315,7 @@ fn structural_changes(cfg: &RunConfig) -> Vec<Change> {
             changes.push(Change {
                 why: "store the frozen base in 4 bits, the adapters as they are",
                 code: "`method = qlora(…)`".into(),
+                sets_method: true,
                 apply: Box::new(move |c| four_bit(c, &lora)),
             });
         }
@@ -341,6 +340,7 @@ fn batch_change(batch: u32, accum: u32) -> Change {
     Change {
         why: "a smaller batch, the same effective batch",
         code: format!("`train.batch_size = {batch}` with `train.grad_accum = {accum}`"),
+        sets_method: false,
         apply: Box::new(move |c| {
             c.train.batch_size = batch;
             c.train.grad_accum = accum;
@@ -366,6 +366,7 @@ fn tokens_change(tokens: u32) -> Change {
     Change {
         why: "shorter inputs",
         code: format!("`dataset.max_tokens = {tokens}`"),
+        sets_method: false,
         apply: Box::new(move |c| c.dataset.max_tokens = tokens),
     }
 }

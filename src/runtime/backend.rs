@@ -127,19 +127,16 @@ pub fn holds_compiled_kernels(dir: &std::path::Path) -> bool {
 /// minutes, not seconds.
 pub fn cold_cache_notice(dir: &std::path::Path, shipped: bool) -> Option<String> {
     (!holds_compiled_kernels(dir)).then(|| {
-        if shipped {
-            format!(
-                "no compiled CUDA kernels in {} yet: the first step compiles the ones it uses, \
-                 with the tuning ftl ships for this GPU (under a minute; later runs start in seconds)",
-                dir.display()
-            )
+        let first_step = if shipped {
+            "compiles the ones it uses, with the tuning ftl ships for this GPU (under a minute"
         } else {
-            format!(
-                "no compiled CUDA kernels in {} yet: the first step compiles and autotunes them \
-                 (several minutes for a new model or method; later runs start in seconds)",
-                dir.display()
-            )
-        }
+            "compiles and autotunes them (several minutes for a new model or method"
+        };
+        format!(
+            "no compiled CUDA kernels in {} yet: the first step {first_step}; \
+             later runs start in seconds)",
+            dir.display()
+        )
     })
 }
 

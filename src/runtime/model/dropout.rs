@@ -27,17 +27,14 @@ impl Dropout {
 
     /// Applies dropout when the backend records gradients (training).
     pub fn forward<B: Backend, const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
-        if !B::ad_enabled(&input.device()) || self.prob == 0.0 {
-            return input;
+        match self.dropped::<B, D>(input.dims(), &input.device()) {
+            Some(dropped) => input.mask_fill(dropped, 0.0).mul_scalar(1.0 / self.keep()),
+            None => input,
         }
-        let dropped = input
-            .random_like(Distribution::Bernoulli(self.keep()))
-            .equal_elem(0.0);
-        input.mask_fill(dropped, 0.0).mul_scalar(1.0 / self.keep())
     }
 
-    /// The values [`Dropout::forward`] zeroes on an f32 input of `shape`
-    /// (true where dropped), drawn as it draws them; `None` where it drops
+    /// The values [`Dropout::forward`] zeroes on an input of `shape` (true
+    /// where dropped): burn's Bernoulli draws in f32; `None` where it drops
     /// nothing (outside training, or with probability 0).
     pub fn dropped<B: Backend, const D: usize>(
         &self,
