@@ -2,7 +2,10 @@
 //! backend when there is one (else on the CPU), at MiniLM's attention shape
 //! (batch 32, 12 heads, 64 tokens, head width 32, dropout 0.1): with BERT's
 //! padding bias and with MPNet's trained per-head bias, in f32 and with
-//! bf16 products. Per case it prints
+//! bf16 products (the backward pass's products in bf16, and in f32). On
+//! CUDA it checks burn's CUDA backend as ftl trains with it (operation
+//! fusion on) and without fusion (`cuda-unfused`), which tells a fault of
+//! fusion from one of the operation. Per case it prints
 //!
 //! - the largest difference of the outputs, relative to the largest output;
 //! - the relative L2 error of each input's gradient;
@@ -21,7 +24,7 @@ use std::time::Instant;
 use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::FloatDType;
-use ftl::runtime::model::attention_core::{attention, composed};
+use ftl::runtime::model::attention_core::{HalfBackward, composed, own_backward};
 use ftl::runtime::model::dropout::Dropout;
 
 const B: usize = 32;
@@ -50,6 +53,28 @@ struct Outcome {
 }
 
 type Train<I> = Autodiff<I>;
+
+fn bf16_backward<I: Backend>(
+    q: Tensor<Train<I>, 4>,
+    k: Tensor<Train<I>, 4>,
+    v: Tensor<Train<I>, 4>,
+    bias: Tensor<Train<I>, 4>,
+    dropout: &Dropout,
+    half: bool,
+) -> Tensor<Train<I>, 4> {
+    own_backward::<I>(q, k, v, bias, dropout, half, HalfBackward::Bf16)
+}
+
+fn f32_backward<I: Backend>(
+    q: Tensor<Train<I>, 4>,
+    k: Tensor<Train<I>, 4>,
+    v: Tensor<Train<I>, 4>,
+    bias: Tensor<Train<I>, 4>,
+    dropout: &Dropout,
+    half: bool,
+) -> Tensor<Train<I>, 4> {
+    own_backward::<I>(q, k, v, bias, dropout, half, HalfBackward::F32)
+}
 type Op<I> = fn(
     Tensor<Train<I>, 4>,
     Tensor<Train<I>, 4>,
@@ -156,9 +181,14 @@ fn run<I: Backend>(
 fn check<I: Backend>(name: &str, device: &I::Device, memory: &dyn Fn() -> Option<u64>) -> bool {
     let mut ok = true;
     let scores = (B * H * S * S) as f64;
-    for half in [false, true] {
+    let cases = [
+        (false, "f32 ", bf16_backward::<I> as Op<I>),
+        (true, "bf16", bf16_backward::<I>),
+        (true, "bf16, f32 backward", f32_backward::<I>),
+    ];
+    for (half, precision, op) in cases {
         for trained_bias in [false, true] {
-            let ours = run::<I>(attention, device, half, trained_bias, memory);
+            let ours = run::<I>(op, device, half, trained_bias, memory);
             let burns = run::<I>(composed, device, half, trained_bias, memory);
             let largest = burns.out.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let out_diff = ours
@@ -189,9 +219,8 @@ fn check<I: Backend>(name: &str, device: &I::Device, memory: &dyn Fn() -> Option
                 _ => String::new(),
             };
             println!(
-                "{name} {} {} bias: output {out_diff:.1e}, gradients {}{kept}, \
+                "{name} {precision} {} bias: output {out_diff:.1e}, gradients {}{kept}, \
                  {:.2} ms against {:.2} ms per pass: {}",
-                if half { "bf16" } else { "f32 " },
                 if trained_bias { "trained" } else { "padding" },
                 grad_errors
                     .iter()
@@ -215,8 +244,10 @@ fn main() {
             configure_cubecl(0);
             let device = burn::backend::cuda::CudaDevice::new(0);
             let memory = || cuda_memory_in_use(&burn::backend::cuda::CudaDevice::new(0));
-            let ok = check::<Gpu>("cuda", &device, &memory);
-            std::process::exit(if ok { 0 } else { 1 });
+            let fused = check::<Gpu>("cuda", &device, &memory);
+            type Unfused = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
+            let unfused = check::<Unfused>("cuda-unfused", &device, &memory);
+            std::process::exit(if fused && unfused { 0 } else { 1 });
         }
     }
     println!("no CUDA driver: the check runs on the CPU");

@@ -23,7 +23,8 @@
 //! ```
 //!
 //! That costs one more `[seq × head_dim] · [head_dim × seq]` product and a
-//! softmax per layer in the backward pass.
+//! softmax per layer in the backward pass. Under bf16 products the backward
+//! pass multiplies in f32 (see [`HalfBackward`] for why).
 //!
 //! Other backends (inference, the inner backend of evaluation) run the
 //! composition as it is: nothing is kept there.
@@ -46,8 +47,9 @@ use crate::runtime::model::projection::{to_full, to_half};
 /// `dropout(softmax(QKᵀ/√d + bias)) · V` for `q`, `k`, `v` of shape
 /// `[batch, heads, seq, head_dim]` and `bias` broadcastable to
 /// `[batch, heads, seq, seq]`. With `half`, `q`, `k` and `v` are bf16, the
-/// products run in bf16, the softmax in f32, and the result is bf16;
-/// otherwise everything is f32.
+/// forward products run in bf16, the softmax in f32, and the result is
+/// bf16; in training the backward pass's products run in f32
+/// ([`HalfBackward`]). Otherwise everything is f32.
 pub fn attention<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -56,14 +58,50 @@ pub fn attention<B: Backend>(
     dropout: &Dropout,
     half: bool,
 ) -> Tensor<B, 4> {
+    // burn's CUDA backend fuses the bf16 backward products wrongly (NaN
+    // gradients, see `HalfBackward`): training runs them in f32.
+    let products = HalfBackward::F32;
     if is_autodiff_of::<B, Cpu>() {
-        return on_autodiff::<B, Cpu>(q, k, v, bias, dropout, half);
+        return same_type(own_backward::<Cpu>(
+            same_type(q),
+            same_type(k),
+            same_type(v),
+            same_type(bias),
+            dropout,
+            half,
+            products,
+        ));
     }
     #[cfg(feature = "cuda")]
     if is_autodiff_of::<B, crate::runtime::backend::Gpu>() {
-        return on_autodiff::<B, crate::runtime::backend::Gpu>(q, k, v, bias, dropout, half);
+        use crate::runtime::backend::Gpu;
+        return same_type(own_backward::<Gpu>(
+            same_type(q),
+            same_type(k),
+            same_type(v),
+            same_type(bias),
+            dropout,
+            half,
+            products,
+        ));
     }
     composed(q, k, v, bias, dropout, half)
+}
+
+/// Where the backward pass's products run under bf16 products.
+///
+/// With bf16 products, burn 0.21's CUDA backend with operation fusion (the
+/// one ftl trains with) gives NaN gradients for q and k at MiniLM's shape;
+/// the same backend without fusion, and the CPU, give burn's gradients
+/// (`bench/attention_check.rs` shows both). With f32 products the fused
+/// backend is right too, so training uses [`HalfBackward::F32`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HalfBackward {
+    /// In bf16, as burn's composition runs them.
+    Bf16,
+    /// In f32, from f32 copies of the bf16 inputs; the gradients are cast
+    /// back to bf16.
+    F32,
 }
 
 /// The same computation as burn's tensor operations, differentiated by
@@ -93,20 +131,17 @@ fn is_autodiff_of<B: Backend, I: Backend>() -> bool {
     TypeId::of::<B>() == TypeId::of::<Autodiff<I>>()
 }
 
-/// The operation with its own backward pass; `B` is `Autodiff<I>`.
-fn on_autodiff<B: Backend, I: Backend>(
-    q: Tensor<B, 4>,
-    k: Tensor<B, 4>,
-    v: Tensor<B, 4>,
-    bias: Tensor<B, 4>,
+/// The operation with its own backward pass, on any autodiff backend.
+pub fn own_backward<I: Backend>(
+    q: Tensor<Autodiff<I>, 4>,
+    k: Tensor<Autodiff<I>, 4>,
+    v: Tensor<Autodiff<I>, 4>,
+    bias: Tensor<Autodiff<I>, 4>,
     dropout: &Dropout,
     half: bool,
-) -> Tensor<B, 4> {
+    products: HalfBackward,
+) -> Tensor<Autodiff<I>, 4> {
     let [batch, heads, seq, _] = q.dims();
-    let q: Tensor<Autodiff<I>, 4> = same_type(q);
-    let k: Tensor<Autodiff<I>, 4> = same_type(k);
-    let v: Tensor<Autodiff<I>, 4> = same_type(v);
-    let bias: Tensor<Autodiff<I>, 4> = same_type(bias);
     // Drawn where the composition draws it: after the scores, before
     // anything else of this layer.
     let dropped = dropout
@@ -132,6 +167,7 @@ fn on_autodiff<B: Backend, I: Backend>(
         bias: bias.primitive,
         dropped,
         half,
+        products,
     };
     let probs = probabilities::<I>(&state);
     let context = product::<I>(&state, probs);
@@ -143,9 +179,7 @@ fn on_autodiff<B: Backend, I: Backend>(
         OpsKind::Tracked(prep) => prep.finish(state, context),
         OpsKind::UnTracked(prep) => prep.finish(context),
     };
-    same_type(Tensor::<Autodiff<I>, 4>::from_primitive(
-        TensorPrimitive::Float(out),
-    ))
+    Tensor::<Autodiff<I>, 4>::from_primitive(TensorPrimitive::Float(out))
 }
 
 /// The dropout of the probabilities: where it dropped, and the keep
@@ -165,6 +199,7 @@ struct State<I: Backend> {
     bias: FloatTensor<I>,
     dropped: Option<Dropped<I>>,
     half: bool,
+    products: HalfBackward,
 }
 
 /// `softmax(QKᵀ/√d + bias)` in f32, with the operations (and so the
@@ -238,10 +273,15 @@ impl<I: Backend> Backward<I, 4> for AttentionBackward {
         if q_node.is_none() && k_node.is_none() && bias_node.is_none() {
             return;
         }
-        let mut d_dropped = I::float_matmul(grad, I::float_swap_dims(s.v.clone(), 2, 3));
-        if s.half {
-            d_dropped = I::float_cast(d_dropped, FloatDType::F32);
-        }
+        let f32_products = s.half && s.products == HalfBackward::F32;
+        let full = |t: FloatTensor<I>| I::float_cast(t, FloatDType::F32);
+        let d_dropped = if f32_products {
+            I::float_matmul(full(grad), I::float_swap_dims(full(s.v.clone()), 2, 3))
+        } else if s.half {
+            full(I::float_matmul(grad, I::float_swap_dims(s.v.clone(), 2, 3)))
+        } else {
+            I::float_matmul(grad, I::float_swap_dims(s.v.clone(), 2, 3))
+        };
         let d_probs = apply_dropout::<I>(d_dropped, &s.dropped);
         let row = I::float_sum_dim(I::float_mul(d_probs.clone(), probs.clone()), 3);
         let d_scores = I::float_mul(probs, I::float_sub(d_probs, row));
@@ -251,15 +291,29 @@ impl<I: Backend> Backward<I, 4> for AttentionBackward {
         }
         let root = (s.q.shape()[3] as f64).sqrt();
         let mut d_scores = I::float_div_scalar(d_scores, root.into());
-        if s.half {
+        // The products' inputs in the dtype they run in, and their results
+        // back in the inputs' dtype.
+        let (q, k) = if f32_products {
+            (full(s.q), full(s.k))
+        } else {
+            (s.q, s.k)
+        };
+        if s.half && !f32_products {
             d_scores = I::float_cast(d_scores, FloatDType::BF16);
         }
+        let back = |t: FloatTensor<I>| {
+            if f32_products {
+                I::float_cast(t, FloatDType::BF16)
+            } else {
+                t
+            }
+        };
         if let Some(node) = k_node {
-            let dk = I::float_matmul(I::float_swap_dims(d_scores.clone(), 2, 3), s.q);
-            grads.register::<I>(node.id, dk);
+            let dk = I::float_matmul(I::float_swap_dims(d_scores.clone(), 2, 3), q);
+            grads.register::<I>(node.id, back(dk));
         }
         if let Some(node) = q_node {
-            grads.register::<I>(node.id, I::float_matmul(d_scores, s.k));
+            grads.register::<I>(node.id, back(I::float_matmul(d_scores, k)));
         }
     }
 }
@@ -285,6 +339,8 @@ mod tests {
         /// MPNet's bias: per head and trained; otherwise BERT's padding
         /// mask, constant and broadcast over heads and queries.
         trained_bias: bool,
+        /// Where the backward pass's products run under bf16.
+        products: HalfBackward,
     }
 
     /// Values, and the gradients of q, k, v and the bias under an uneven
@@ -312,8 +368,9 @@ mod tests {
         };
         let weights = normal([b, h, s, d]);
         let dropout = Dropout::new(case.dropout);
+        // The same dropout draws for both, whatever other tests draw meanwhile.
+        crate::runtime::model::dropout::tests::FIXED_DRAWS.set(Some(5));
         let run = |f: &Attention<'_>| {
-            <Train as Backend>::seed(&device, 5);
             let cast = |t: &Tensor<Cpu, 4>| {
                 let t = Tensor::<Train, 4>::from_inner(t.clone()).require_grad();
                 let used = if case.half {
@@ -340,7 +397,8 @@ mod tests {
             let grad = |t: &Tensor<Train, 4>| t.grad(&grads).map(flat).unwrap_or_default();
             [flat(y.inner()), grad(&q0), grad(&k0), grad(&v0), grad(&b0)]
         };
-        let ours = run(&|q, k, v, b| attention(q, k, v, b, &dropout, case.half));
+        let ours =
+            run(&|q, k, v, b| own_backward::<Cpu>(q, k, v, b, &dropout, case.half, case.products));
         let burns = run(&|q, k, v, b| composed(q, k, v, b, &dropout, case.half));
         [ours, burns]
     }
@@ -376,6 +434,7 @@ mod tests {
             half: false,
             dropout: 0.0,
             trained_bias: false,
+            products: HalfBackward::Bf16,
         });
     }
 
@@ -385,6 +444,7 @@ mod tests {
             half: false,
             dropout: 0.3,
             trained_bias: false,
+            products: HalfBackward::Bf16,
         });
     }
 
@@ -394,6 +454,7 @@ mod tests {
             half: false,
             dropout: 0.1,
             trained_bias: true,
+            products: HalfBackward::Bf16,
         });
     }
 
@@ -403,6 +464,17 @@ mod tests {
             half: true,
             dropout: 0.1,
             trained_bias: true,
+            products: HalfBackward::Bf16,
+        });
+    }
+
+    #[test]
+    fn bf16_inputs_with_f32_backward_products_agree_with_burns_composition() {
+        check(Case {
+            half: true,
+            dropout: 0.1,
+            trained_bias: true,
+            products: HalfBackward::F32,
         });
     }
 

@@ -44,6 +44,10 @@ impl Dropout {
         if !B::ad_enabled(device) || self.prob == 0.0 {
             return None;
         }
+        #[cfg(test)]
+        if let Some(seed) = tests::FIXED_DRAWS.get() {
+            return Some(tests::fixed_draws(shape, self.prob, seed, device));
+        }
         let draw = Tensor::<B, D>::random(shape, Distribution::Bernoulli(self.keep()), device);
         Some(draw.equal_elem(0.0))
     }
@@ -55,12 +59,41 @@ impl Dropout {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::runtime::backend::{Cpu, cpu_device};
     use burn::backend::Autodiff;
 
     type Train = Autodiff<Cpu>;
+
+    thread_local! {
+        /// On this test's thread, [`Dropout::dropped`] draws from this seed
+        /// instead of burn's generator, which every test thread shares: a
+        /// test that compares two computations' draws sets it.
+        pub(crate) static FIXED_DRAWS: std::cell::Cell<Option<u64>> =
+            const { std::cell::Cell::new(None) };
+    }
+
+    /// The same mask for the same seed and shape: each value dropped with
+    /// probability `prob`.
+    pub(crate) fn fixed_draws<B: Backend, const D: usize>(
+        shape: [usize; D],
+        prob: f64,
+        seed: u64,
+        device: &B::Device,
+    ) -> Tensor<B, D, Bool> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let n = shape.iter().product();
+        let mask: Vec<bool> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 11) as f64 / (1u64 << 53) as f64) < prob
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(mask, shape), device)
+    }
 
     /// The same draws as burn's `Dropout`, so the same values and gradients.
     #[test]
