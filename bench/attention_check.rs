@@ -54,7 +54,8 @@ struct Outcome {
 
 type Train<I> = Autodiff<I>;
 
-fn bf16_backward<I: Backend>(
+/// ftl's operation, its backward products in f32 or in bf16.
+fn own<I: Backend, const F32_PRODUCTS: bool>(
     q: Tensor<Train<I>, 4>,
     k: Tensor<Train<I>, 4>,
     v: Tensor<Train<I>, 4>,
@@ -62,18 +63,12 @@ fn bf16_backward<I: Backend>(
     dropout: &Dropout,
     half: bool,
 ) -> Tensor<Train<I>, 4> {
-    own_backward::<I>(q, k, v, bias, dropout, half, HalfBackward::Bf16)
-}
-
-fn f32_backward<I: Backend>(
-    q: Tensor<Train<I>, 4>,
-    k: Tensor<Train<I>, 4>,
-    v: Tensor<Train<I>, 4>,
-    bias: Tensor<Train<I>, 4>,
-    dropout: &Dropout,
-    half: bool,
-) -> Tensor<Train<I>, 4> {
-    own_backward::<I>(q, k, v, bias, dropout, half, HalfBackward::F32)
+    let products = if F32_PRODUCTS {
+        HalfBackward::F32
+    } else {
+        HalfBackward::Bf16
+    };
+    own_backward::<I>(q, k, v, bias, dropout, half, products)
 }
 type Op<I> = fn(
     Tensor<Train<I>, 4>,
@@ -182,9 +177,9 @@ fn check<I: Backend>(name: &str, device: &I::Device, memory: &dyn Fn() -> Option
     let mut ok = true;
     let scores = (B * H * S * S) as f64;
     let cases = [
-        (false, "f32 ", bf16_backward::<I> as Op<I>),
-        (true, "bf16", bf16_backward::<I>),
-        (true, "bf16, f32 backward", f32_backward::<I>),
+        (false, "f32 ", own::<I, false> as Op<I>),
+        (true, "bf16", own::<I, false>),
+        (true, "bf16, f32 backward", own::<I, true>),
     ];
     for (half, precision, op) in cases {
         for trained_bias in [false, true] {

@@ -58,34 +58,36 @@ pub fn attention<B: Backend>(
     dropout: &Dropout,
     half: bool,
 ) -> Tensor<B, 4> {
-    // burn's CUDA backend fuses the bf16 backward products wrongly (NaN
-    // gradients, see `HalfBackward`): training runs them in f32.
-    let products = HalfBackward::F32;
     if is_autodiff_of::<B, Cpu>() {
-        return same_type(own_backward::<Cpu>(
-            same_type(q),
-            same_type(k),
-            same_type(v),
-            same_type(bias),
-            dropout,
-            half,
-            products,
-        ));
+        return on_autodiff::<B, Cpu>(q, k, v, bias, dropout, half);
     }
     #[cfg(feature = "cuda")]
     if is_autodiff_of::<B, crate::runtime::backend::Gpu>() {
-        use crate::runtime::backend::Gpu;
-        return same_type(own_backward::<Gpu>(
-            same_type(q),
-            same_type(k),
-            same_type(v),
-            same_type(bias),
-            dropout,
-            half,
-            products,
-        ));
+        return on_autodiff::<B, crate::runtime::backend::Gpu>(q, k, v, bias, dropout, half);
     }
     composed(q, k, v, bias, dropout, half)
+}
+
+/// [`own_backward`] for `B`, which is `Autodiff<I>`. burn's CUDA backend
+/// fuses the bf16 backward products wrongly (NaN gradients, see
+/// [`HalfBackward`]): training runs them in f32.
+fn on_autodiff<B: Backend, I: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Tensor<B, 4>,
+    dropout: &Dropout,
+    half: bool,
+) -> Tensor<B, 4> {
+    same_type(own_backward::<I>(
+        same_type(q),
+        same_type(k),
+        same_type(v),
+        same_type(bias),
+        dropout,
+        half,
+        HalfBackward::F32,
+    ))
 }
 
 /// Where the backward pass's products run under bf16 products.
