@@ -15,10 +15,8 @@ use std::path::Path;
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use ftl::config::{Lora, Method, Precision, QuantFormat, Quantize};
+use ftl::config::{Lora, Method};
 use ftl::runtime::backend::{Cpu, cpu_device};
-use ftl::runtime::model::classifier::Classifier;
-use ftl::runtime::model::head::{ClassificationHeadConfig, Pooling};
 
 #[path = "counting.rs"]
 mod counting;
@@ -59,19 +57,7 @@ fn main() {
         }
     };
     let device = cpu_device();
-    let mut encoder = config.init::<Train>(&device);
-    encoder.set_dropout(0.1);
-    let hidden = encoder.hidden_size();
-    let head = ClassificationHeadConfig::new(hidden, 2, Pooling::Mean, 1).init(&device);
-    let quantize = Quantize {
-        format: QuantFormat::None,
-        block_size: 64,
-        double_quant: false,
-        compute: Precision::Fp32,
-    };
-    let mut model = Classifier { encoder, head }
-        .prepare(config.architecture, &method, &quantize, 3)
-        .expect("the method prepares");
+    let mut model = counting::classifier(&config, &method, Some(0.1));
     if half {
         model = model.compute_in_half(true, false);
     }

@@ -2,7 +2,8 @@
 //! highest count since the last [`reset_peak`]: how the memory checks in
 //! `bench/` and `tests/memory.rs` measure training on the CPU. A binary
 //! includes it with `#[path = "…/counting.rs"] mod counting;`, which also
-//! makes it that binary's allocator.
+//! makes it that binary's allocator. It also builds the model they count
+//! ([`classifier`]).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -60,3 +61,33 @@ pub const SMALL_BERT: &str = r#"{
   "num_attention_heads": 4, "intermediate_size": 512, "max_position_embeddings": 40,
   "type_vocab_size": 2, "pad_token_id": 0, "layer_norm_eps": 1e-12, "hidden_act": "gelu"
 }"#;
+
+/// `config`'s encoder (its dropout set to `dropout` where given) with a
+/// two-class mean-pooled head, prepared for `method` in f32 without
+/// quantization, on the CPU's autodiff backend: the model the counts train.
+#[allow(dead_code)]
+pub fn classifier(
+    config: &ftl::runtime::model::EncoderConfig,
+    method: &ftl::config::Method,
+    dropout: Option<f64>,
+) -> ftl::runtime::model::classifier::Classifier<burn::backend::Autodiff<ftl::runtime::backend::Cpu>>
+{
+    use ftl::config::{Precision, QuantFormat, Quantize};
+    use ftl::runtime::model::head::{ClassificationHeadConfig, Pooling};
+    let device = ftl::runtime::backend::cpu_device();
+    let mut encoder = config.init(&device);
+    if let Some(p) = dropout {
+        encoder.set_dropout(p);
+    }
+    let head =
+        ClassificationHeadConfig::new(encoder.hidden_size(), 2, Pooling::Mean, 1).init(&device);
+    let quantize = Quantize {
+        format: QuantFormat::None,
+        block_size: 64,
+        double_quant: false,
+        compute: Precision::Fp32,
+    };
+    ftl::runtime::model::classifier::Classifier { encoder, head }
+        .prepare(config.architecture, method, &quantize, 3)
+        .expect("the method prepares")
+}

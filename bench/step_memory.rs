@@ -12,11 +12,9 @@ use burn::backend::Autodiff;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use ftl::config::{AdamW as AdamWSettings, Method, Precision, QuantFormat, Quantize};
+use ftl::config::{AdamW as AdamWSettings, Method};
 use ftl::runtime::backend::{Cpu, cpu_device};
 use ftl::runtime::model::EncoderConfig;
-use ftl::runtime::model::classifier::Classifier;
-use ftl::runtime::model::head::{ClassificationHeadConfig, Pooling};
 use ftl::runtime::train::optim::AdamW;
 use ftl::runtime::train::state::named_params;
 
@@ -29,17 +27,7 @@ fn main() {
     let config = EncoderConfig::from_json(counting::SMALL_BERT, Path::new("config.json"))
         .expect("a valid config");
     let device = cpu_device();
-    let encoder = config.init::<Train>(&device);
-    let head = ClassificationHeadConfig::new(128, 2, Pooling::Mean, 1).init(&device);
-    let quantize = Quantize {
-        format: QuantFormat::None,
-        block_size: 64,
-        double_quant: false,
-        compute: Precision::Fp32,
-    };
-    let mut model = Classifier { encoder, head }
-        .prepare(config.architecture, &Method::Full, &quantize, 3)
-        .expect("full fine-tuning prepares");
+    let mut model = counting::classifier(&config, &Method::Full, None);
     let trained: usize = named_params(&model)
         .iter()
         .filter(|p| p.trainable)

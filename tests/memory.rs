@@ -19,7 +19,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use ftl::config::{AdamW as AdamWSettings, Method, Precision, QuantFormat, Quantize};
+use ftl::config::{AdamW as AdamWSettings, Method, Precision};
 use ftl::runtime::backend::{Cpu, cpu_device};
 use ftl::runtime::model::EncoderConfig;
 use ftl::runtime::model::attention_core::{attention, composed};
@@ -129,17 +129,7 @@ fn the_optimizer_step_adds_one_parameter_size() {
     let config = EncoderConfig::from_json(counting::SMALL_BERT, Path::new("config.json"))
         .expect("a valid config");
     let device = cpu_device();
-    let encoder = config.init::<Train>(&device);
-    let head = ClassificationHeadConfig::new(128, 2, Pooling::Mean, 1).init(&device);
-    let quantize = Quantize {
-        format: QuantFormat::None,
-        block_size: 64,
-        double_quant: false,
-        compute: Precision::Fp32,
-    };
-    let mut model = Classifier { encoder, head }
-        .prepare(config.architecture, &Method::Full, &quantize, 3)
-        .expect("full fine-tuning prepares");
+    let mut model = counting::classifier(&config, &Method::Full, None);
     let mut optimizer = AdamW::new(AdamWSettings {
         betas: [0.9, 0.999],
         eps: 1e-8,
