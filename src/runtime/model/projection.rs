@@ -38,6 +38,18 @@
 //! keeps the stored weight for its backward pass instead of a fresh copy.
 //! Merging such a layer for export reads the f32 base from its file again
 //! ([`crate::runtime::model::classifier::Classifier::with_full_base`]).
+//!
+//! **A trained weight multiplies all tokens at once** ([`rows`]): `x`
+//! `[batch, seq, d_in]` is multiplied as one `[batch·seq, d_in]` matrix.
+//! Multiplied as a batch of `seq × d_in` matrices against the broadcast
+//! weight, burn's autodiff computes the weight's gradient as `batch`
+//! separate products with an inner dimension of only `seq`, writes all of
+//! them (`[batch, d_in, d_out]`: 151 MB for one of MPNet's feed-forward
+//! weights at batch 32) and sums them over the batch. As one product, the
+//! gradient is a single `d_in × (batch·seq) × d_out` product and nothing is
+//! summed afterwards. Frozen weights (LoRA's and QLoRA's base) and the
+//! adapters' thin products keep the batched form: no weight gradient is
+//! summed there, and their kernels are the ones tuned for this GPU.
 
 use std::any::TypeId;
 
@@ -79,6 +91,16 @@ pub fn to_half<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 /// A bf16 result back in f32.
 pub fn to_full<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     x.cast(FloatDType::F32)
+}
+
+/// `x · w` for `x` `[batch, seq, d_in]` and `w` `[d_in, d_out]`, as one
+/// `[batch·seq, d_in]` product (see the module documentation).
+pub fn rows<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
+    let [batch, seq, d_in] = x.dims();
+    let d_out = w.dims()[1];
+    x.reshape([batch * seq, d_in])
+        .matmul(w)
+        .reshape([batch, seq, d_out])
 }
 
 /// `x` in bf16, cast only when it is not already.
@@ -281,7 +303,13 @@ impl<B: Backend> Projection<B> {
             return packed.product(x, half);
         }
         let w = self.weight.as_ref().expect("a dense base").val();
-        x.matmul(if half { as_half(w) } else { as_full(w) }.unsqueeze())
+        let trained = w.is_require_grad();
+        let w = if half { as_half(w) } else { as_full(w) };
+        if trained {
+            rows(x, w)
+        } else {
+            x.matmul(w.unsqueeze())
+        }
     }
 
     /// The base weight `[d_in, d_out]` in f32 (dequantized when packed,
@@ -611,6 +639,32 @@ mod tests {
             0.0,
             "A's gradient is zero while B is"
         );
+    }
+
+    /// One product over all tokens gives the values and the weight's
+    /// gradient that burn's batched product against the broadcast weight
+    /// gives (which sums one gradient per sentence); only the order of the
+    /// sums differs.
+    #[test]
+    fn a_trained_weight_gets_the_gradient_of_the_batched_product() {
+        let device = cpu_device();
+        let layer = Projection::<Train>::random(24, 40, &device);
+        let input = x::<Train>(&device, 24);
+        let upstream = x::<Train>(&device, 40);
+        let run = |y: Tensor<Train, 3>| {
+            let grads = (y.clone() * upstream.clone()).sum().backward();
+            let w = layer.weight.as_ref().expect("dense");
+            let g = w.grad(&grads).expect("the weight trains");
+            (y.inner().into_data(), g.into_data())
+        };
+        let (y, g) = run(layer.forward(input.clone()));
+        let w = layer.weight.as_ref().expect("dense").val();
+        let bias = layer.bias.as_ref().expect("bias").val();
+        let (y_batched, g_batched) = run(input.matmul(w.unsqueeze()) + bias.unsqueeze());
+        y.assert_approx_eq::<f32>(&y_batched, Tolerance::absolute(1e-5));
+        g.assert_approx_eq::<f32>(&g_batched, Tolerance::absolute(1e-4));
+        let g: Vec<f32> = g.to_vec().expect("f32");
+        assert!(g.iter().any(|v| v.abs() > 1e-2), "a real gradient");
     }
 
     #[test]
