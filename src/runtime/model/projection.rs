@@ -48,8 +48,9 @@
 //! weights at batch 32) and sums them over the batch. As one product, the
 //! gradient is a single `d_in × (batch·seq) × d_out` product and nothing is
 //! summed afterwards. Frozen weights (LoRA's and QLoRA's base) and the
-//! adapters' thin products keep the batched form: no weight gradient is
-//! summed there, and their kernels are the ones tuned for this GPU.
+//! adapters' thin products keep the batched form: no large weight gradient
+//! is summed there, and the one-product form was measured on the GPU for
+//! trained weights only (BENCHMARKS.md).
 
 use std::any::TypeId;
 
