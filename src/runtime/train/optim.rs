@@ -192,6 +192,7 @@ impl<B: Backend> AdamW<B> {
         // place instead of allocating a second copy of every parameter.
         let model = model.map(&mut Release {
             layout: &self.layout,
+            placeholders: HashMap::new(),
         });
 
         let s = self.settings;
@@ -325,9 +326,14 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Values<AB::InnerBackend> {
 }
 
 /// Replaces each trained parameter with a one-value tensor until [`Place`]
-/// puts its view of the updated buffers back.
+/// puts its view of the updated buffers back. Parameters of the same rank
+/// share one placeholder: every tensor operation costs host time on the
+/// CUDA backend (one empty tensor per parameter was ~200 operations a step
+/// for MPNet).
 struct Release<'a> {
     layout: &'a [Segment],
+    /// One placeholder per rank, made on first use.
+    placeholders: HashMap<usize, Box<dyn std::any::Any>>,
 }
 
 impl<AB: AutodiffBackend> ModuleMapper<AB> for Release<'_> {
@@ -336,7 +342,13 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Release<'_> {
         if !self.layout.iter().any(|s| s.id == id) {
             return Param::from_mapped_value(id, tensor, mapper);
         }
-        let placeholder = Tensor::<AB, D>::empty([1; D], &tensor.device());
+        let placeholder = self
+            .placeholders
+            .entry(D)
+            .or_insert_with(|| Box::new(Tensor::<AB, D>::empty([1; D], &tensor.device())))
+            .downcast_ref::<Tensor<AB, D>>()
+            .expect("one placeholder type per rank")
+            .clone();
         Param::from_mapped_value(id, placeholder, mapper)
     }
 }
