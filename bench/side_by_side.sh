@@ -31,7 +31,9 @@
 # records samples/s after 20 warm-up steps, the peak of the framework's own
 # allocator (PyTorch max_memory_allocated; ftl's sampled bytes in use), the
 # process's peak device memory as NVML reports it (sampled every 100 ms), and
-# the seconds from process start to the end of the first optimizer step,
+# the GPU's busy share during training as NVML reports it (both sides: how
+# well the host keeps the GPU fed), the seconds from process start to the
+# end of the first optimizer step,
 # ftl's first and largest gradient norms (a sanity check on training), and
 # ftl's memory estimate with its error against the measured peak.
 # Models in RANDOM_MODELS use random weights on both sides (the reference's
@@ -44,6 +46,13 @@ configs=("$@")
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
 runs=${RUNS:-$(mktemp -d)}
+
+# NVML's GPU utilization (the share of time some kernel was running),
+# sampled every 100 ms into file $1 until stopped.
+gpu_busy_start() {
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 100 >"$1" 2>/dev/null &
+  busy_pid=$!
+}
 
 # Peak NVML memory (MiB) of process $1, sampled until it exits.
 nvml_peak() {
@@ -70,12 +79,14 @@ for config in "${configs[@]}"; do
   # ftl (a finished run is kept, not retrained: clear it so a repeat measures)
   rm -rf "${runs:?}/speed/$config" "$runs/speed/.$config.partial"
   start=$(date +%s.%N)
+  gpu_busy_start "$OUT/ftl-$config.busy"
   "$FTL" run "${PIPELINE:-$here/pipelines/speed.ft}" --only "speed/$config" --output "$runs" --json --quiet \
     >"$OUT/ftl-$config.json" 2>"$OUT/ftl-$config.err" &
   pid=$!
   ftl_nvml=$(nvml_peak $pid)
   wait $pid
   ftl_rc=$?
+  kill $busy_pid 2>/dev/null
   ftl_wall=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }')
   # Keep the run's metrics and summary beside the results (the run folder
   # itself stays in $runs, outside $OUT, and is replaced on the next pass).
@@ -92,6 +103,7 @@ for config in "${configs[@]}"; do
       pretokenize) mode_args=--pretokenize suffix=-pretokenize ;;
       *) echo "unknown reference mode $mode" >&2; exit 2 ;;
     esac
+    gpu_busy_start "$OUT/ref-$config$suffix.busy"
     python3 "$REFERENCE" --model-dir "$dir" --data-dir "$FTL_DATA_PATH/sst2" --methods "$method" \
       --steps "$steps" --precision "${PRECISION:-bf16}" $random $mode_args ${REFERENCE_ARGS:-} \
       --out "$OUT/ref-$config$suffix.json" >"$OUT/ref-$config$suffix.log" 2>&1 &
@@ -99,6 +111,7 @@ for config in "${configs[@]}"; do
     ref_nvml+=("$mode=$(nvml_peak $pid)")
     wait $pid
     ref_rc+=("$mode=$?")
+    kill $busy_pid 2>/dev/null
   done
 
   python3 - "$OUT" "$config" "$ftl_nvml" "$ftl_rc" "$ftl_wall" "${ref_nvml[*]}" "${ref_rc[*]}" <<'EOF'
@@ -107,6 +120,17 @@ out, config, ftl_nvml, ftl_rc, ftl_wall, ref_nvml, ref_rc = sys.argv[1:]
 ref_nvml = dict(kv.split("=") for kv in ref_nvml.split())
 ref_rc = dict(kv.split("=") for kv in ref_rc.split())
 row = {"config": config, "ftl_rc": int(ftl_rc), "ftl_nvml_mib": int(ftl_nvml), "ftl_wall_s": float(ftl_wall)}
+def busy(name):
+    """Mean NVML utilization (%) over the samples where the GPU was in use at
+    all: the training, not the loading or tokenizing before it. Well under
+    100 means the host does not keep the GPU fed."""
+    try:
+        values = [int(l) for l in open(f"{out}/{name}.busy") if l.strip().isdigit()]
+    except OSError:
+        return None
+    used = [v for v in values if v > 0]
+    return round(sum(used) / len(used), 1) if used else None
+row["ftl_gpu_busy_pct"] = busy(f"ftl-{config}")
 try:
     summary = json.loads(open(f"{out}/ftl-{config}.json").read().strip().splitlines()[-1])
     steps = [json.loads(l) for l in open(f"{out}/ftl-{config}.metrics.jsonl")]
@@ -134,6 +158,7 @@ for mode in ref_rc:
     suffix = "" if mode == "default" else f"-{mode}"
     row[f"{p}_rc"] = int(ref_rc[mode])
     row[f"{p}_nvml_mib"] = int(ref_nvml[mode])
+    row[f"{p}_gpu_busy_pct"] = busy(f"ref-{config}{suffix}")
     try:
         ref = json.load(open(f"{out}/ref-{config}{suffix}.json"))
         ref = ref[0] if isinstance(ref, list) else ref
