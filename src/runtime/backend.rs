@@ -17,8 +17,12 @@ pub fn cpu_device() -> burn::prelude::Device<Cpu> {
 }
 
 /// The CUDA backend, f32 weights, i32 indices.
-#[cfg(feature = "cuda")]
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
 pub type Gpu = burn::backend::Cuda;
+/// The CUDA backend without burn's operation fusion (the `unfused` build
+/// feature, for measuring what fusion costs and saves; see BENCHMARKS.md).
+#[cfg(feature = "unfused")]
+pub type Gpu = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
 
 /// `t` as `U`, which the caller has checked is `T`'s own type (by
 /// `TypeId`): how a generic forward pass hands its tensors to an operation
