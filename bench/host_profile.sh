@@ -32,7 +32,7 @@ pid, out = int(sys.argv[1]), sys.argv[2]
 hz = os.sysconf("SC_CLK_TCK")
 def read():
     r = {}
-    for t in os.listdir(f"/proc/{pid}/task"):
+    for t in os.listdir(f"/proc/{pid}/task"):  # OSError once the run has ended
         try:
             s = open(f"/proc/{pid}/task/{t}/stat").read()
         except OSError:
@@ -48,6 +48,8 @@ while time.time() < end:
     except OSError:
         break
     time.sleep(0.25)
+if len(samples) < 2:
+    sys.exit(f"the run (pid {pid}) ended before the sampling window; see host-*.err")
 (t0, a), (t1, b) = samples[0], samples[-1]
 threads = sorted(({"thread": a[k][0], "tid": k, "core_share": round((b[k][1] - a[k][1]) / (t1 - t0), 2)}
                   for k in a if k in b), key=lambda r: -r["core_share"])
@@ -68,4 +70,5 @@ if [ -n "${PERF:-}" ]; then
     -g caller,0.5,callee,function,percent --max-stack 40 >"$OUT/calls-$config.txt" 2>&1
 fi
 rm -rf "$work"
+[ -f "$OUT/threads-$config.json" ] || exit 1
 cat "$OUT/threads-$config.json"
