@@ -12,8 +12,8 @@
 #
 # Profiling waits for each kernel to finish, so the run itself is slower;
 # the counts are exact and the times are the kernels' own. Prints one JSON
-# line: launches per step, GPU milliseconds per step, and the ten kernels
-# with the most time.
+# line: launches per step, GPU milliseconds per step, the ten kernels with
+# the most time and the ten launched most often.
 set -u
 config=$1
 n=${2:-10}
@@ -32,20 +32,22 @@ out, config, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 units = {"ns": 1e-6, "µs": 1e-3, "us": 1e-3, "ms": 1.0, "s": 1e3}
 line = re.compile(r"^\| ([0-9.]+)(ns|µs|us|ms|s) *\| (.+)$")
 def read(steps):
-    count, ms, per = 0, 0.0, collections.Counter()
+    count, ms, per, launches = 0, 0.0, collections.Counter(), collections.Counter()
     for l in open(f"{out}/profile-{config}-{steps}.log", encoding="utf-8", errors="replace"):
         m = line.match(l.rstrip("\n"))
         if m:
             t = float(m.group(1)) * units[m.group(2)]
-            count += 1; ms += t; per[m.group(3).strip()] += t
-    return count, ms, per
-c1, t1, p1 = read(n)
-c3, t3, p3 = read(3 * n)
+            count += 1; ms += t; per[m.group(3).strip()] += t; launches[m.group(3).strip()] += 1
+    return count, ms, per, launches
+c1, t1, p1, l1 = read(n)
+c3, t3, p3, l3 = read(3 * n)
 steps = 2 * n
 top = sorted(((k, (p3[k] - p1.get(k, 0)) / steps) for k in p3), key=lambda kv: -kv[1])[:10]
 row = {"config": config, "steps": steps, "launches_per_step": round((c3 - c1) / steps, 1),
        "gpu_ms_per_step": round((t3 - t1) / steps, 3),
-       "top": [{"kernel": k[:160], "ms_per_step": round(v, 3)} for k, v in top]}
+       "top": [{"kernel": k[:160], "ms_per_step": round(v, 3)} for k, v in top],
+       "most_launched": [{"kernel": k[:160], "launches_per_step": round((v - l1.get(k, 0)) / steps, 1)}
+                         for k, v in sorted(l3.items(), key=lambda kv: -(kv[1] - l1.get(kv[0], 0)))[:10]]}
 print(json.dumps(row))
 with open(f"{out}/launches.jsonl", "a") as f:
     f.write(json.dumps(row) + "\n")
