@@ -36,8 +36,8 @@ def read(steps):
     for l in open(f"{out}/profile-{config}-{steps}.log", encoding="utf-8", errors="replace"):
         m = line.match(l.rstrip("\n"))
         if m:
-            t = float(m.group(1)) * units[m.group(2)]
-            count += 1; ms += t; per[m.group(3).strip()] += t; launches[m.group(3).strip()] += 1
+            t, kernel = float(m.group(1)) * units[m.group(2)], m.group(3).strip()
+            count += 1; ms += t; per[kernel] += t; launches[kernel] += 1
     return count, ms, per, launches
 c1, t1, p1, l1 = read(n)
 c3, t3, p3, l3 = read(3 * n)
