@@ -275,6 +275,9 @@ impl<B: Backend> Projection<B> {
             let half = as_half(input.clone());
             return self.forward_with_half(input, half);
         }
+        if let Some(out) = self.trained_rows(input.clone(), false) {
+            return out;
+        }
         let mut out = self.base_product(input.clone(), false);
         if let Some(bias) = &self.bias {
             out = out + bias.val().unsqueeze();
@@ -288,6 +291,9 @@ impl<B: Backend> Projection<B> {
     /// [`Projection::forward`] in bf16 given the input in both precisions
     /// (layers that read the same input cast it once).
     pub fn forward_with_half(&self, input: Tensor<B, 3>, half: Tensor<B, 3>) -> Tensor<B, 3> {
+        if let Some(out) = self.trained_rows(half.clone(), true) {
+            return out;
+        }
         let mut out = to_full(self.base_product(half.clone(), true));
         if let Some(bias) = &self.bias {
             out = out + bias.val().unsqueeze();
@@ -296,6 +302,31 @@ impl<B: Backend> Projection<B> {
             out = out + adapter.forward_half(input, half);
         }
         out
+    }
+
+    /// `x · W + b` for a trained dense weight without an adapter, computed
+    /// on the `[batch·seq, d_in]` rows and shaped back only at the end: the
+    /// bias is added to rows, so its gradient is one sum over them. Added
+    /// to the `[batch, seq, d_out]` output, burn's autodiff sums a
+    /// broadcast bias over each broadcast dimension in turn, two
+    /// reductions. The values are the same either way. `x` is bf16 when
+    /// `half`. `None` for any other layer.
+    fn trained_rows(&self, x: Tensor<B, 3>, half: bool) -> Option<Tensor<B, 3>> {
+        let w = self.weight.as_ref()?.val();
+        if self.packed.is_some() || self.adapter.is_some() || !w.is_require_grad() {
+            return None;
+        }
+        let [batch, seq, d_in] = x.dims();
+        let d_out = w.dims()[1];
+        let w = if half { as_half(w) } else { as_full(w) };
+        let mut out = x.reshape([batch * seq, d_in]).matmul(w);
+        if half {
+            out = to_full(out);
+        }
+        if let Some(bias) = &self.bias {
+            out = out + bias.val().unsqueeze();
+        }
+        Some(out.reshape([batch, seq, d_out]))
     }
 
     /// `x · W` with the base weight, in bf16 when `half` (`x` is then bf16).
@@ -656,14 +687,22 @@ mod tests {
             let grads = (y.clone() * upstream.clone()).sum().backward();
             let w = layer.weight.as_ref().expect("dense");
             let g = w.grad(&grads).expect("the weight trains");
-            (y.inner().into_data(), g.into_data())
+            let b = layer.bias.as_ref().expect("bias").grad(&grads);
+            let b = b.expect("the bias trains");
+            (y.inner().into_data(), g.into_data(), b.into_data())
         };
-        let (y, g) = run(layer.forward(input.clone()));
+        let (y, g, gb) = run(layer.forward(input.clone()));
         let w = layer.weight.as_ref().expect("dense").val();
         let bias = layer.bias.as_ref().expect("bias").val();
-        let (y_batched, g_batched) = run(input.matmul(w.unsqueeze()) + bias.unsqueeze());
+        let (y_batched, g_batched, gb_batched) =
+            run(input.matmul(w.unsqueeze()) + bias.unsqueeze());
         y.assert_approx_eq::<f32>(&y_batched, Tolerance::absolute(1e-5));
         g.assert_approx_eq::<f32>(&g_batched, Tolerance::absolute(1e-4));
+        // The bias, added to the rows, gets the gradient of the broadcast
+        // bias: the upstream gradient summed over sentences and tokens.
+        gb.assert_approx_eq::<f32>(&gb_batched, Tolerance::absolute(1e-4));
+        let expected = upstream.clone().inner().sum_dim(0).sum_dim(1).reshape([40]);
+        gb.assert_approx_eq::<f32>(&expected.into_data(), Tolerance::absolute(1e-4));
         let g: Vec<f32> = g.to_vec().expect("f32");
         assert!(g.iter().any(|v| v.abs() > 1e-2), "a real gradient");
     }
