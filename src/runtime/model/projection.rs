@@ -47,10 +47,15 @@
 //! them (`[batch, d_in, d_out]`: 151 MB for one of MPNet's feed-forward
 //! weights at batch 32) and sums them over the batch. As one product, the
 //! gradient is a single `d_in × (batch·seq) × d_out` product and nothing is
-//! summed afterwards. Frozen weights (LoRA's and QLoRA's base) and the
-//! adapters' thin products keep the batched form: no large weight gradient
-//! is summed there, and the one-product form was measured on the GPU for
-//! trained weights only (BENCHMARKS.md).
+//! summed afterwards. Its bias is added to the rows too, before they are
+//! shaped back (`Projection::trained_rows`): added to the 3-d output,
+//! its gradient would be two reductions, one per broadcast dimension.
+//! Moving the bias took MiniLM full fine-tuning's step from 1,110 kernel
+//! launches to 1,000 (BENCHMARKS.md). Frozen weights (LoRA's
+//! and QLoRA's base) and the adapters' thin products keep the batched form:
+//! on the rows, LoRA's step launched more kernels (776 → 819), because the
+//! frozen products stopped taking their output cast and bias into the
+//! product's kernel.
 
 use std::any::TypeId;
 
