@@ -30,9 +30,15 @@ pub struct Moments<B: Backend> {
 }
 
 /// Each parameter starts on a multiple of this many values in its flat
-/// buffer (1 KiB of f32): device allocations are aligned, and an aligned
-/// slice is a view, where an unaligned one would be a copy.
-const ALIGN: usize = 256;
+/// buffer (512 bytes of f32): on CUDA, a slice whose start and end are
+/// multiples of cubecl's memory alignment (512 bytes, `cubecl-cuda`'s
+/// `runtime.rs`) is a view, where any other would be a copy. No finer: a
+/// parameter whose size is not a multiple is followed by a gap of zeros in
+/// the gathered gradients, and each gap is one more copy a step. At 512
+/// bytes, every parameter of MiniLM and MPNet but the classifier's bias is
+/// a whole number of them (384, 768, 1,536 and 3,072 values); at 1 KiB,
+/// MiniLM's 384-value vectors each left a gap.
+const ALIGN: usize = 128;
 
 /// The group of matrices (which decay) and the group of vectors.
 const MATRICES: usize = 0;
@@ -529,6 +535,50 @@ mod tests {
         close(moments.m, &b.m);
         close(moments.v, &b.v);
         assert!(optimizer.moments(&model.frozen.id).is_none());
+    }
+
+    /// Three vectors, sized as MiniLM's (384, 1,536) and a classifier's bias.
+    #[derive(Module, Debug)]
+    struct Vectors<B: Backend> {
+        hidden: Param<Tensor<B, 1>>,
+        inner: Param<Tensor<B, 1>>,
+        classes: Param<Tensor<B, 1>>,
+        after: Param<Tensor<B, 1>>,
+    }
+
+    /// Parameters whose sizes are whole 512-byte units follow each other
+    /// with no gap, so gathering the gradients copies no zeros for them; a
+    /// size that is not (2 values) is padded, and the gradients' norm still
+    /// counts only the gradients.
+    #[test]
+    fn whole_alignment_units_are_laid_out_back_to_back() {
+        let device = cpu_device();
+        let vector = |n: usize| Param::from_tensor(Tensor::<Train, 1>::ones([n], &device));
+        let model = Vectors {
+            hidden: vector(384),
+            inner: vector(1536),
+            classes: vector(2),
+            after: vector(384),
+        };
+        let loss = model.hidden.val().sum()
+            + model.inner.val().sum()
+            + model.classes.val().sum()
+            + model.after.val().sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut optimizer = AdamW::new(config::AdamW {
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.0,
+        });
+        let (_, norm) = optimizer.step(model, grads, 0.01, None);
+        let offsets: Vec<usize> = optimizer.layout.iter().map(|s| s.offset).collect();
+        assert_eq!(offsets, [0, 384, 1920, 2048]);
+        let norm = norm.expect("gradients").into_scalar() as f64;
+        let expected = ((384 + 1536 + 2 + 384) as f64).sqrt();
+        assert!(
+            (norm - expected).abs() < 1e-3,
+            "norm {norm}, expected {expected}"
+        );
     }
 
     #[test]
