@@ -16,6 +16,10 @@
 # bench/random_model.py; tuning depends on shapes only). A home may be given
 # compiled kernels beforehand (under cubecl/GPU/cuda): tuning then compiles
 # only what is missing.
+#
+# KEEP_SHIPPED=1 leaves ftl's shipped table on: each run tunes only the keys
+# the table lacks (after a change to the kernels a step runs), and the
+# gathered table is the shipped one plus those keys.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 configs=("$@")
@@ -30,7 +34,9 @@ for config in "${configs[@]}"; do
   mkdir -p "$home"
   ln -sfn "$MODELS" "$home/models"
   start=$(date +%s)
-  FTL_HOME=$home FTL_SHIPPED_TUNING=off "$FTL" run "$here/pipelines/tune.ft" --only "tune/$config" \
+  shipped=off
+  [ "${KEEP_SHIPPED:-0}" = 1 ] && shipped=on
+  FTL_HOME=$home FTL_SHIPPED_TUNING=$shipped "$FTL" run "$here/pipelines/tune.ft" --only "tune/$config" \
     --output "$OUT/runs" --json --quiet >"$OUT/$config.json" 2>"$OUT/$config.err"
   rc=$?
   echo "$config: rc $rc in $(($(date +%s) - start)) s"

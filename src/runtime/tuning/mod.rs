@@ -19,6 +19,14 @@
 //! A table is a JSON-lines file: one cubecl autotune entry per line (its
 //! `key` and `value`, as cubecl writes them) with the name of the cubecl
 //! table it belongs to (`table`). `bench/tuning_tables.sh` makes them.
+//!
+//! A table covers the kernels of the code it was made with. A change to
+//! what a training step runs (a product that fuses another epilogue, a
+//! reduction of another length) brings keys the table lacks, and a first
+//! run tunes them, compiling every candidate: on the H200, 13 such keys
+//! made MiniLM full fine-tuning's cold first step take 98 s instead of
+//! about 30 (BENCHMARKS.md). `KEEP_SHIPPED=1 bench/tuning_tables.sh` adds
+//! the missing keys to the shipped table.
 
 use std::path::{Path, PathBuf};
 
