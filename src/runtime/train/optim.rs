@@ -537,7 +537,7 @@ mod tests {
         assert!(optimizer.moments(&model.frozen.id).is_none());
     }
 
-    /// Three vectors, sized as MiniLM's (384, 1,536) and a classifier's bias.
+    /// Four vectors, sized as MiniLM's (384, 1,536, 384) and a classifier's bias (2).
     #[derive(Module, Debug)]
     struct Vectors<B: Backend> {
         hidden: Param<Tensor<B, 1>>,
