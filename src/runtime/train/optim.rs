@@ -237,8 +237,38 @@ impl<B: Backend> AdamW<B> {
         (model, Some(norm))
     }
 
+    /// Lays the trained parameters of `model` (those that require a
+    /// gradient) out in this optimizer's flat buffers now, before the first
+    /// forward pass, and returns the model with views of them. The model's
+    /// own copies are let go here, so the first step holds what every later
+    /// step holds. Without this the first step lays the parameters out
+    /// itself, while the loaded copies and the gradients are both alive: on
+    /// CUDA, whose memory pool keeps every buffer it ever allocated, that
+    /// high point stayed reserved for the whole run.
+    pub fn prepare<AB, M>(&mut self, model: M) -> M
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        let mut trained = Trained {
+            ids: Vec::new(),
+            device: None,
+        };
+        model.visit(&mut trained);
+        let Some(device) = trained.device else {
+            return model;
+        };
+        self.relayout(&model, &trained.ids, &device);
+        model.map(&mut Place {
+            layout: &self.layout,
+            flat: &self.flat,
+        })
+    }
+
     /// Lays the parameters `ids` of `model` out in fresh flat buffers,
-    /// carrying over the moments of those that had some.
+    /// carrying over the moments of those that had some. Each buffer is one
+    /// concatenation: the values, and zeros in the gaps and wherever a
+    /// parameter has no moments yet.
     fn relayout<AB, M>(&mut self, model: &M, ids: &[(ParamId, Vec<usize>)], device: &B::Device)
     where
         AB: AutodiffBackend<InnerBackend = B>,
@@ -272,28 +302,70 @@ impl<B: Backend> AdamW<B> {
                 s
             })
             .collect();
-        let mut flat: [Option<Flat<B>>; 2] = ends.map(|n| {
-            (n > 0).then(|| Flat {
-                p: Tensor::zeros([n], device),
-                m: Tensor::zeros([n], device),
-                v: Tensor::zeros([n], device),
-            })
-        });
-        for s in &self.layout {
-            let value = values.found.remove(&s.id).expect("visited above");
-            let Flat {
-                mut p,
-                mut m,
-                mut v,
-            } = flat[s.group].take().expect("sized above");
-            p = p.slice_assign(s.range(), value);
-            if let Some(Moments { m: m0, v: v0 }) = kept.remove(&s.id) {
-                m = m.slice_assign(s.range(), m0);
-                v = v.slice_assign(s.range(), v0);
+        let zeros = |len: usize| Tensor::<B, 1>::zeros([len], device);
+        self.flat = [MATRICES, VECTORS].map(|group| {
+            let n = ends[group];
+            if n == 0 {
+                return None;
             }
-            flat[s.group] = Some(Flat { p, m, v });
+            let segments: Vec<&Segment> = self.layout.iter().filter(|s| s.group == group).collect();
+            // Parts of one buffer: each segment's tensor, zeros between.
+            let build = |part: &mut dyn FnMut(&Segment) -> Tensor<B, 1>| {
+                let mut parts = Vec::new();
+                let mut end = 0;
+                for s in &segments {
+                    if s.offset > end {
+                        parts.push(zeros(s.offset - end));
+                    }
+                    parts.push(part(s));
+                    end = s.offset + s.len();
+                }
+                if n > end {
+                    parts.push(zeros(n - end));
+                }
+                Tensor::cat(parts, 0)
+            };
+            let p = build(&mut |s| values.found.remove(&s.id).expect("visited above"));
+            let (m, v) = if segments.iter().any(|s| kept.contains_key(&s.id)) {
+                let mut moments: Vec<Option<Moments<B>>> =
+                    segments.iter().map(|s| kept.remove(&s.id)).collect();
+                let mut k = 0;
+                let m = build(&mut |s| {
+                    k += 1;
+                    moments[k - 1]
+                        .as_ref()
+                        .map_or_else(|| zeros(s.len()), |x| x.m.clone())
+                });
+                let mut k = 0;
+                let v = build(&mut |s| {
+                    k += 1;
+                    moments[k - 1]
+                        .take()
+                        .map_or_else(|| zeros(s.len()), |x| x.v)
+                });
+                (m, v)
+            } else {
+                (zeros(n), zeros(n))
+            };
+            Some(Flat { p, m, v })
+        });
+    }
+}
+
+/// The trained parameters' ids and shapes, in the model's order, and their
+/// device.
+struct Trained<B: Backend> {
+    ids: Vec<(ParamId, Vec<usize>)>,
+    device: Option<B::Device>,
+}
+
+impl<AB: AutodiffBackend> ModuleVisitor<AB> for Trained<AB::InnerBackend> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<AB, D>>) {
+        if param.is_require_grad() {
+            let value = param.val();
+            self.device.get_or_insert_with(|| value.device());
+            self.ids.push((param.id, value.dims().to_vec()));
         }
-        self.flat = flat;
     }
 }
 
@@ -617,6 +689,59 @@ mod tests {
             a.b.val().into_data().to_vec::<f32>().unwrap(),
             c.b.val().into_data().to_vec::<f32>().unwrap()
         );
+    }
+
+    /// Laying the parameters out before the first step changes nothing a
+    /// run computes: the same updates, the same moments, the frozen
+    /// parameter left alone, and moments restored from a checkpoint carried
+    /// into the buffers.
+    #[test]
+    fn parameters_laid_out_before_the_first_step_train_alike() {
+        let device = cpu_device();
+        let settings = config::AdamW {
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let steps: [(&[f32], &[f32]); 2] = [
+            (&[1.0, -2.0, 0.5, 0.0], &[0.3, 0.0, -0.1]),
+            (&[0.2, 0.1, -0.4, 3.0], &[0.0, 0.5, 0.2]),
+        ];
+        let mut plain = AdamW::new(settings);
+        let mut a = toy(&device);
+        let mut early = AdamW::new(settings);
+        let mut b = early.prepare(toy(&device));
+        let ids: Vec<ParamId> = early.layout.iter().map(|s| s.id).collect();
+        assert_eq!(ids, [b.w.id, b.b.id], "the frozen matrix is not laid out");
+        close(b.w.val().inner().reshape([4]), &[0.5, -1.0, 2.0, 0.25]);
+        for (cw, cb) in steps {
+            let g = grads(&a, cw, cb);
+            a = plain.step(a, g, 0.01, Some(1.0)).0;
+            let g = grads(&b, cw, cb);
+            b = early.step(b, g, 0.01, Some(1.0)).0;
+        }
+        let values = |m: &Toy<Train>| {
+            [m.w.val().inner().reshape([4]), m.b.val().inner()]
+                .map(|t| t.into_data().to_vec::<f32>().unwrap())
+        };
+        assert_eq!(values(&a), values(&b));
+        close(b.frozen.val().inner().reshape([4]), &[1.0; 4]);
+        let moments = |o: &AdamW<Cpu>, id| {
+            let m = o.moments(&id).expect("trained");
+            [m.m, m.v].map(|t| t.into_data().to_vec::<f32>().unwrap())
+        };
+        assert_eq!(moments(&plain, a.w.id), moments(&early, b.w.id));
+
+        // A checkpoint's moments, restored before the layout, continue.
+        let mut resumed = AdamW::new(settings);
+        resumed.steps = early.steps;
+        let c = toy(&device);
+        let c = c.load_record(b.clone().into_record());
+        resumed.restore(c.w.id, early.moments(&b.w.id).expect("trained"));
+        let c = resumed.prepare(c);
+        assert_eq!(moments(&resumed, c.w.id), moments(&early, b.w.id));
+        let b_moments = resumed.moments(&c.b.id).expect("laid out");
+        close(b_moments.m, &[0.0; 3]);
     }
 
     #[test]

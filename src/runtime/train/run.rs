@@ -527,6 +527,9 @@ fn execute_on<AB: AutodiffBackend>(
                 message: e.to_string(),
             })?;
     }
+    // The trained parameters move into the optimizer's buffers before the
+    // first forward pass (see `AdamW::prepare`).
+    model = optimizer.prepare(model);
     progress.seconds[0] += started.elapsed().as_secs_f64();
 
     let names = state::named_params::<AB, _>(&model);
@@ -574,6 +577,10 @@ fn execute_on<AB: AutodiffBackend>(
                     final_eval: bool|
      -> Vec<(String, Vec<u32>)> {
         let t0 = Instant::now();
+        // Evaluation's batches have other shapes than training's: give back
+        // what training is not using before, and what evaluation used
+        // after, so that the device never holds both.
+        AB::memory_cleanup(&device);
         let valid = model.valid();
         let mut predictions = Vec::new();
         for split in &splits {
@@ -596,6 +603,7 @@ fn execute_on<AB: AutodiffBackend>(
                 predictions.push((split.name.clone(), predicted));
             }
         }
+        AB::memory_cleanup(&device);
         progress.seconds[3] += t0.elapsed().as_secs_f64();
         predictions
     };
@@ -722,6 +730,12 @@ fn execute_on<AB: AutodiffBackend>(
                         return Err(RuntimeError::NonFinite { step: p.step });
                     }
                 }
+            }
+            if progress.step == first_step {
+                // What only the first step needed (autotuning's trial
+                // buffers, on a cold start) goes back to the device. The
+                // metrics were just read: the device has finished the step.
+                AB::memory_cleanup(&device);
             }
             if progress.batch >= batches.len() {
                 progress.epoch += 1;
