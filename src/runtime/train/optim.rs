@@ -324,22 +324,11 @@ impl<B: Backend> AdamW<B> {
             };
             let p = build(&mut |s| values.found.remove(&s.id).expect("visited above"));
             let (m, v) = if segments.iter().any(|s| kept.contains_key(&s.id)) {
-                let mut moments: Vec<Option<Moments<B>>> =
-                    segments.iter().map(|s| kept.remove(&s.id)).collect();
-                let mut k = 0;
                 let m = build(&mut |s| {
-                    k += 1;
-                    moments[k - 1]
-                        .as_ref()
+                    kept.get(&s.id)
                         .map_or_else(|| zeros(s.len()), |x| x.m.clone())
                 });
-                let mut k = 0;
-                let v = build(&mut |s| {
-                    k += 1;
-                    moments[k - 1]
-                        .take()
-                        .map_or_else(|| zeros(s.len()), |x| x.v)
-                });
+                let v = build(&mut |s| kept.remove(&s.id).map_or_else(|| zeros(s.len()), |x| x.v));
                 (m, v)
             } else {
                 (zeros(n), zeros(n))
