@@ -33,6 +33,15 @@ fn main() {
     type T = Tensor<Gpu, 1>;
     type Update = Box<dyn Fn(T, T, T, T) -> (T, T, T)>;
     let (b1, b2, lr, wd, eps, c1, c2) = (0.9, 0.999, 1e-3, 0.01, 1e-8, 0.1, 0.001f64);
+    // AdamW's update as ftl's optimizer writes it in tensor operations.
+    let adamw = move |p: T, m: T, v: T, g: T| {
+        let m = m.sub(g.clone()).mul_scalar(b1).add(g.clone());
+        let v = v.mul_scalar(b2) + g.powi_scalar(2).mul_scalar(1.0 - b2);
+        let p = p.mul_scalar(1.0 - lr * wd);
+        let denom = v.clone().sqrt().div_scalar(c2.sqrt()).add_scalar(eps);
+        let p = p - denom.recip().mul(m.clone()).mul_scalar(lr / c1);
+        (p, m, v)
+    };
     let variants: Vec<(&str, Update)> = vec![
         (
             "p - g·lr (one output)",
@@ -73,17 +82,7 @@ fn main() {
                 (p, m, v)
             }),
         ),
-        (
-            "AdamW, no clipping (three outputs)",
-            Box::new(move |p, m, v, g| {
-                let m = m.sub(g.clone()).mul_scalar(b1).add(g.clone());
-                let v = v.mul_scalar(b2) + g.powi_scalar(2).mul_scalar(1.0 - b2);
-                let p = p.mul_scalar(1.0 - lr * wd);
-                let denom = v.clone().sqrt().div_scalar(c2.sqrt()).add_scalar(eps);
-                let p = p - denom.recip().mul(m.clone()).mul_scalar(lr / c1);
-                (p, m, v)
-            }),
-        ),
+        ("AdamW, no clipping (three outputs)", Box::new(adamw)),
         (
             "AdamW, no clipping, reductions between the three",
             Box::new(move |p, m, v, g| {
@@ -104,13 +103,7 @@ fn main() {
             Box::new(move |p, m, v, g| {
                 let norm = g.clone().powi_scalar(2).sum().sqrt();
                 let f = norm.add_scalar(1e-6).recip().mul_scalar(1.0).clamp_max(1.0);
-                let g = g * f;
-                let m = m.sub(g.clone()).mul_scalar(b1).add(g.clone());
-                let v = v.mul_scalar(b2) + g.powi_scalar(2).mul_scalar(1.0 - b2);
-                let p = p.mul_scalar(1.0 - lr * wd);
-                let denom = v.clone().sqrt().div_scalar(c2.sqrt()).add_scalar(eps);
-                let p = p - denom.recip().mul(m.clone()).mul_scalar(lr / c1);
-                (p, m, v)
+                adamw(p, m, v, g * f)
             }),
         ),
     ];
