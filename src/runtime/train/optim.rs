@@ -5,11 +5,15 @@
 //! The optimizer keeps the trained parameters in two flat buffers, beside
 //! flat first and second moments, and hands the model views into them: the
 //! matrices (weights, embeddings), which decay, and the vectors (biases,
-//! LayerNorm), which do not, as Hugging Face's trainer does. One step
-//! gathers the gradients into the same two layouts (one copy per
-//! parameter), then takes the global norm, clips and updates every parameter
-//! in a handful of fused kernels per group instead of several per parameter.
-//! The moments can be read out and restored per parameter, for checkpoints.
+//! LayerNorm), which do not, as Hugging Face's trainer does. On burn's
+//! fused CUDA backend one step is one custom operation ([`multi`]): ftl's
+//! own kernels read each gradient where autodiff left it, take the global
+//! norm, clip and update up to eight parameters per launch, in place.
+//! Elsewhere a step gathers the gradients into the same two layouts (one
+//! copy per parameter), then takes the norm, clips and updates every
+//! parameter in a handful of kernels per group instead of several per
+//! parameter. The moments can be read out and restored per parameter, for
+//! checkpoints.
 
 use std::collections::HashMap;
 
@@ -159,40 +163,6 @@ impl<B: Backend> AdamW<B> {
         if !same {
             self.relayout(&model, &gathered.ids, &device);
         }
-        // The gradients, laid out as the parameters are: each followed by
-        // zeros up to the next parameter's offset. One concatenation
-        // allocates each group once; writing into a buffer of zeros took a
-        // second, transient copy of it.
-        // The gaps are views of one small buffer of zeros (a gap is shorter
-        // than ALIGN): no kernel per gap.
-        let zeros = Tensor::<B, 1>::zeros([ALIGN], &device);
-        let gap = |len: usize| zeros.clone().slice(0..len);
-        let mut parts: [Vec<Tensor<B, 1>>; 2] = [Vec::new(), Vec::new()];
-        let mut ends = [0usize; 2];
-        for (s, grad) in self.layout.iter().zip(gathered.grads) {
-            if s.offset > ends[s.group] {
-                parts[s.group].push(gap(s.offset - ends[s.group]));
-            }
-            parts[s.group].push(grad);
-            ends[s.group] = s.offset + s.len();
-        }
-        let g: [Option<Tensor<B, 1>>; 2] = [0, 1].map(|group| {
-            let n = self.flat[group].as_ref()?.p.dims()[0];
-            let mut parts = std::mem::take(&mut parts[group]);
-            if n > ends[group] {
-                parts.push(gap(n - ends[group]));
-            }
-            Some(Tensor::cat(parts, 0))
-        });
-        let norm = g
-            .iter()
-            .flatten()
-            .map(|g| g.clone().powi_scalar(2).sum())
-            .reduce(|a, b| a + b)
-            .expect("a gradient")
-            .sqrt();
-        let factor = clip.map(|max| clip_factor(norm.clone(), max));
-
         // The model's trained parameters are views of the flat buffers; let
         // go of them, so that the update below can write the buffers in
         // place instead of allocating a second copy of every parameter.
@@ -206,32 +176,104 @@ impl<B: Backend> AdamW<B> {
         let t = self.steps as i32;
         let correction1 = 1.0 - b1.powi(t);
         let correction2 = 1.0 - b2.powi(t);
-        let mut flat = std::mem::take(&mut self.flat);
-        for (group, g) in g.into_iter().enumerate() {
-            let (Some(g), Some(Flat { p, m, v })) = (g, flat[group].take()) else {
-                continue;
-            };
-            let hyper = Hyper {
-                b1,
-                b2,
-                eps: s.eps,
-                decay: if group == MATRICES && s.weight_decay > 0.0 {
-                    1.0 - lr * s.weight_decay
-                } else {
-                    1.0
-                },
-                step: lr / correction1,
-                correction2_sqrt: correction2.sqrt(),
-            };
-            let (p, m, v) = update(p, m, v, g, factor.clone(), hyper);
-            flat[group] = Some(Flat { p, m, v });
-        }
+        let hyper = [MATRICES, VECTORS].map(|group| Hyper {
+            b1,
+            b2,
+            eps: s.eps,
+            decay: if group == MATRICES && s.weight_decay > 0.0 {
+                1.0 - lr * s.weight_decay
+            } else {
+                1.0
+            },
+            step: lr / correction1,
+            correction2_sqrt: correction2.sqrt(),
+        });
+        let flat = std::mem::take(&mut self.flat);
+
+        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+        let (flat, grads) = {
+            let placed = self
+                .layout
+                .iter()
+                .map(|s| (s.group, s.offset))
+                .zip(gathered.grads)
+                .collect();
+            match multi::step(flat, placed, hyper, clip) {
+                Ok((flat, norm)) => {
+                    let model = model.map(&mut Place {
+                        layout: &self.layout,
+                        flat: &flat,
+                    });
+                    self.flat = flat;
+                    return (model, Some(norm));
+                }
+                Err((flat, placed)) => (flat, placed.into_iter().map(|(_, g)| g).collect()),
+            }
+        };
+        #[cfg(not(all(feature = "cuda", not(feature = "unfused"))))]
+        let grads = gathered.grads;
+
+        let (flat, norm) = self.gathered_step(flat, grads, &device, hyper, clip);
         let model = model.map(&mut Place {
             layout: &self.layout,
             flat: &flat,
         });
         self.flat = flat;
         (model, Some(norm))
+    }
+
+    /// The update where the gradients are first copied into the flat
+    /// layout: on the CPU, and on CUDA wherever [`multi`] declines. Returns
+    /// the updated buffers and the gradients' norm.
+    fn gathered_step(
+        &self,
+        mut flat: [Option<Flat<B>>; 2],
+        grads: Vec<Tensor<B, 1>>,
+        device: &B::Device,
+        hyper: [Hyper; 2],
+        clip: Option<f64>,
+    ) -> ([Option<Flat<B>>; 2], Tensor<B, 1>) {
+        // The gradients, laid out as the parameters are: each followed by
+        // zeros up to the next parameter's offset. One concatenation
+        // allocates each group once; writing into a buffer of zeros took a
+        // second, transient copy of it.
+        // The gaps are views of one small buffer of zeros (a gap is shorter
+        // than ALIGN): no kernel per gap.
+        let zeros = Tensor::<B, 1>::zeros([ALIGN], device);
+        let gap = |len: usize| zeros.clone().slice(0..len);
+        let mut parts: [Vec<Tensor<B, 1>>; 2] = [Vec::new(), Vec::new()];
+        let mut ends = [0usize; 2];
+        for (s, grad) in self.layout.iter().zip(grads) {
+            if s.offset > ends[s.group] {
+                parts[s.group].push(gap(s.offset - ends[s.group]));
+            }
+            parts[s.group].push(grad);
+            ends[s.group] = s.offset + s.len();
+        }
+        let g: [Option<Tensor<B, 1>>; 2] = [0, 1].map(|group| {
+            let n = flat[group].as_ref()?.p.dims()[0];
+            let mut parts = std::mem::take(&mut parts[group]);
+            if n > ends[group] {
+                parts.push(gap(n - ends[group]));
+            }
+            Some(Tensor::cat(parts, 0))
+        });
+        let norm = g
+            .iter()
+            .flatten()
+            .map(|g| sum_of_squares(g, PIECE))
+            .reduce(|a, b| a + b)
+            .expect("a gradient")
+            .sqrt();
+        let factor = clip.map(|max| clip_factor(norm.clone(), max));
+        for (group, g) in g.into_iter().enumerate() {
+            let (Some(g), Some(Flat { p, m, v })) = (g, flat[group].take()) else {
+                continue;
+            };
+            let (p, m, v) = update(p, m, v, g, factor.clone(), hyper[group]);
+            flat[group] = Some(Flat { p, m, v });
+        }
+        (flat, norm)
     }
 
     /// Lays the trained parameters of `model` (those that require a
@@ -353,6 +395,35 @@ impl<AB: AutodiffBackend> ModuleVisitor<AB> for Trained<AB::InnerBackend> {
             self.ids.push((param.id, value.dims().to_vec()));
         }
     }
+}
+
+/// The most values whose squares [`sum_of_squares`] takes at once: 4 Mi
+/// values, 16 MiB of f32.
+const PIECE: usize = 1 << 22;
+
+/// The sum of the squares of `g`'s values, taken in at most 8 pieces of at
+/// least `piece` values each, as a 1-element tensor.
+///
+/// On burn's fused CUDA backend the squares of a whole group were one new
+/// buffer the size of the parameters, and the memory pool kept it for the
+/// whole run: with MPNet, a fifth 435 MB buffer beside the parameters,
+/// their gradients and the two moments. In pieces the squares take an
+/// eighth of that, one piece at a time. Each piece starts on a multiple of
+/// [`ALIGN`] values, where a slice is a view.
+fn sum_of_squares<B: Backend>(g: &Tensor<B, 1>, piece: usize) -> Tensor<B, 1> {
+    let n = g.dims()[0];
+    let pieces = (n / piece.max(1)).clamp(1, 8);
+    let len = n.div_ceil(pieces).next_multiple_of(ALIGN).max(1);
+    (0..n)
+        .step_by(len)
+        .map(|start| {
+            g.clone()
+                .slice(start..(start + len).min(n))
+                .powi_scalar(2)
+                .sum()
+        })
+        .reduce(|a, b| a + b)
+        .unwrap_or_else(|| Tensor::zeros([1], &g.device()))
 }
 
 /// The numbers one group's update uses.
@@ -551,6 +622,403 @@ mod in_place {
             });
         let mut next = || out.next().expect("three outputs");
         Ok((next(), next(), next()))
+    }
+}
+
+/// The whole optimizer step as one custom operation of burn's fusion
+/// stream on the CUDA backend, reading each parameter's gradient where
+/// autodiff left it: no copy of the gradients into the flat layout.
+///
+/// Two kernels of ftl's own do the work, each over up to [`PER_LAUNCH`]
+/// gradients of one group per launch: one sums the squares of the
+/// gradients into partial sums (one per GPU thread, so the sum is the same
+/// from run to run), the other applies the clipped AdamW update to the
+/// parameters and moments at each gradient's offset in the flat buffers,
+/// in place. The gathered step held the gradients twice at its high point
+/// (autodiff's own, and their flat copy) and, on CUDA, the memory pool kept
+/// both for the whole run: with MPNet, 435 MB more than the four buffers of
+/// parameters, gradients and moments that PyTorch's loop holds. It also
+/// launched one copy per parameter (about 200 for MPNet) where these
+/// kernels launch about 2 per 8 parameters.
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+mod multi {
+    use std::any::TypeId;
+
+    use burn::backend::Cuda;
+    use burn::prelude::*;
+    use burn::tensor::ops::FloatTensorOps;
+    use burn::tensor::{DType, Scalar, Shape};
+    use burn_cubecl::tensor::CubeTensor;
+    use burn_fusion::stream::{Operation, OperationStreams};
+    use burn_fusion::{FusionBackend, FusionTensor};
+    use burn_ir::{BackendIr, CustomOpIr, HandleContainer, OperationIr, TensorIr};
+    use cubecl::prelude::{Array, CubeCount, CubeDim, SequenceArg};
+
+    use super::{Flat, Hyper};
+    use crate::runtime::backend::same_type;
+
+    type Runtime = cubecl::cuda::CudaRuntime;
+    /// The backend burn's CUDA backend fuses over.
+    type Inner = burn_cubecl::CubeBackend<Runtime, f32, i32, u8>;
+    type Fused = FusionTensor<<Inner as FusionBackend>::FusionRuntime>;
+
+    /// Gradients per kernel launch. Each launch compiles one kernel per
+    /// count of gradients it reads (1 to 8).
+    const PER_LAUNCH: usize = 8;
+    /// Threads per cube.
+    const CUBE: u32 = 256;
+    /// The most threads one launch starts; each thread strides over the
+    /// rest.
+    const MAX_UNITS: usize = 1 << 17;
+
+    use kernels::{adamw, sum_of_squares};
+
+    /// ftl's own CUDA kernels.
+    mod kernels {
+        use cubecl::prelude::*;
+
+        /// `partials[base + i]` = the sum of squares of every `stride`-th value
+        /// of the gradients, starting at value `i` of each.
+        #[cube(launch_unchecked)]
+        pub(super) fn sum_of_squares(
+            grads: Sequence<Array<f32>>,
+            partials: &mut Array<f32>,
+            base: usize,
+            stride: usize,
+        ) {
+            let count = comptime!(grads.len());
+            let mut acc = f32::new(0.0);
+            #[unroll]
+            for k in 0..count {
+                let n = grads[k].len();
+                let mut i = ABSOLUTE_POS;
+                loop {
+                    if i >= n {
+                        break;
+                    }
+                    let x = grads[k][i];
+                    acc += x * x;
+                    i += stride;
+                }
+            }
+            partials[base + ABSOLUTE_POS] = acc;
+        }
+
+        /// AdamW on the values of `p`, `m` and `v` at each gradient's offset,
+        /// the gradients first multiplied by `factor[0]` when `clipped`.
+        #[allow(clippy::too_many_arguments)]
+        #[cube(launch_unchecked)]
+        pub(super) fn adamw(
+            p: &mut Array<f32>,
+            m: &mut Array<f32>,
+            v: &mut Array<f32>,
+            grads: Sequence<Array<f32>>,
+            offsets: Sequence<usize>,
+            factor: &Array<f32>,
+            b1: f32,
+            b2: f32,
+            eps: f32,
+            decay: f32,
+            step: f32,
+            correction2_sqrt: f32,
+            stride: usize,
+            #[comptime] clipped: bool,
+        ) {
+            let count = comptime!(grads.len());
+            let mut f = f32::new(1.0);
+            if clipped {
+                f = factor[0];
+            }
+            #[unroll]
+            for k in 0..count {
+                let n = grads[k].len();
+                let offset = offsets[k];
+                let mut i = ABSOLUTE_POS;
+                loop {
+                    if i >= n {
+                        break;
+                    }
+                    let g = grads[k][i] * f;
+                    let j = offset + i;
+                    let m_new = b1 * m[j] + (f32::new(1.0) - b1) * g;
+                    let v_new = b2 * v[j] + (f32::new(1.0) - b2) * g * g;
+                    m[j] = m_new;
+                    v[j] = v_new;
+                    p[j] =
+                        decay * p[j] - step * m_new / (f32::sqrt(v_new) / correction2_sqrt + eps);
+                    i += stride;
+                }
+            }
+        }
+    }
+
+    type Groups<B> = [Option<Flat<B>>; 2];
+
+    /// Where each input and output of the operation belongs.
+    #[derive(Debug)]
+    struct Step {
+        desc: CustomOpIr,
+        /// Which groups have buffers (inputs and outputs p, m, v each, in
+        /// group order, before the gradients).
+        groups: [bool; 2],
+        /// Each gradient's group and offset, in input order.
+        placed: Vec<(usize, usize)>,
+        hyper: [Hyper; 2],
+        clip: Option<f64>,
+    }
+
+    fn units(n: usize) -> usize {
+        n.clamp(1, MAX_UNITS).next_multiple_of(CUBE as usize)
+    }
+
+    /// The gradients' launches: up to [`PER_LAUNCH`] of one group each, in
+    /// the model's order within the group, with the threads the longest
+    /// needs. Grouping by group first matters: the model's order alternates
+    /// weights and biases, and launches cut at every change held one
+    /// gradient each (76 launches of each kernel per MiniLM step, measured).
+    fn launches(placed: &[(usize, usize)], lens: &[usize]) -> Vec<(usize, Vec<usize>, usize)> {
+        let mut out = Vec::new();
+        for group in [super::MATRICES, super::VECTORS] {
+            let members: Vec<usize> = (0..placed.len())
+                .filter(|&i| placed[i].0 == group)
+                .collect();
+            for chunk in members.chunks(PER_LAUNCH) {
+                let longest = chunk.iter().map(|&i| lens[i]).max().unwrap_or(1);
+                out.push((group, chunk.to_vec(), units(longest)));
+            }
+        }
+        out
+    }
+
+    impl Operation<<Inner as FusionBackend>::FusionRuntime> for Step {
+        fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
+            let mut inputs = self
+                .desc
+                .inputs
+                .iter()
+                .map(|ir| handles.get_float_tensor::<Inner>(ir));
+            let mut buffers: [Option<[CubeTensor<Runtime>; 3]>; 2] = [None, None];
+            for (group, present) in self.groups.iter().enumerate() {
+                if *present {
+                    let mut own = || {
+                        let t = inputs.next().expect("p, m, v");
+                        if t.can_mut() && t.is_contiguous() {
+                            t
+                        } else {
+                            t.copy()
+                        }
+                    };
+                    buffers[group] = Some([own(), own(), own()]);
+                }
+            }
+            let grads: Vec<CubeTensor<Runtime>> = inputs
+                .map(|g| {
+                    if g.is_contiguous() {
+                        g
+                    } else {
+                        burn_cubecl::kernel::into_contiguous(g)
+                    }
+                })
+                .collect();
+            let lens: Vec<usize> = grads.iter().map(|g| g.meta.num_elements()).collect();
+            let plan = launches(&self.placed, &lens);
+            let first = &grads[0];
+            let client = first.client.clone();
+            let device = first.device.clone();
+
+            // The norm: partial sums, then their sum.
+            let total: usize = plan.iter().map(|(_, _, threads)| threads).sum();
+            let handle = client.empty(total * 4);
+            let partials = CubeTensor::new_contiguous(
+                client.clone(),
+                device.clone(),
+                Shape::new([total]),
+                handle,
+                DType::F32,
+            );
+            let mut base = 0;
+            for (_, members, threads) in &plan {
+                let mut seq = SequenceArg::<Runtime, Array<f32>>::new();
+                for &i in members {
+                    seq.push(grads[i].clone().into_array_arg());
+                }
+                // SAFETY: every index is below its array's length: the loop
+                // stops at each gradient's length, and `partials` holds
+                // `base + threads` values.
+                unsafe {
+                    sum_of_squares::launch_unchecked(
+                        &client,
+                        CubeCount::Static((*threads as u32) / CUBE, 1, 1),
+                        CubeDim::new_1d(CUBE),
+                        seq,
+                        partials.clone().into_array_arg(),
+                        base,
+                        *threads,
+                    )
+                };
+                base += threads;
+            }
+            let sum = Inner::float_sum(partials);
+            let norm = Inner::float_sqrt(sum);
+            let factor = self.clip.map(|max| {
+                let f = Inner::float_add_scalar(norm.clone(), Scalar::Float(1e-6));
+                let f = Inner::float_recip(f);
+                let f = Inner::float_mul_scalar(f, Scalar::Float(max));
+                Inner::float_clamp_max(f, Scalar::Float(1.0))
+            });
+
+            for (group, members, threads) in &plan {
+                let [p, m, v] = buffers[*group].as_ref().expect("the group's buffers");
+                let h = self.hyper[*group];
+                let mut seq = SequenceArg::<Runtime, Array<f32>>::new();
+                let mut offsets = SequenceArg::<Runtime, usize>::new();
+                for &i in members {
+                    seq.push(grads[i].clone().into_array_arg());
+                    offsets.push(self.placed[i].1);
+                }
+                let factor = factor.as_ref().unwrap_or(&norm);
+                // SAFETY: every gradient lies inside its group's buffers
+                // at its offset (the layout puts it there), and the loop
+                // stops at each gradient's length.
+                unsafe {
+                    adamw::launch_unchecked(
+                        &client,
+                        CubeCount::Static((*threads as u32) / CUBE, 1, 1),
+                        CubeDim::new_1d(CUBE),
+                        p.clone().into_array_arg(),
+                        m.clone().into_array_arg(),
+                        v.clone().into_array_arg(),
+                        seq,
+                        offsets,
+                        factor.clone().into_array_arg(),
+                        h.b1 as f32,
+                        h.b2 as f32,
+                        h.eps as f32,
+                        h.decay as f32,
+                        h.step as f32,
+                        h.correction2_sqrt as f32,
+                        *threads,
+                        self.clip.is_some(),
+                    )
+                };
+            }
+
+            let mut outputs = self.desc.outputs.iter();
+            for [p, m, v] in buffers.into_iter().flatten() {
+                for t in [p, m, v] {
+                    handles.register_float_tensor::<Inner>(&outputs.next().expect("p, m, v").id, t);
+                }
+            }
+            handles.register_float_tensor::<Inner>(&outputs.next().expect("the norm").id, norm);
+        }
+    }
+
+    /// The step as one operation when `B` is the fused CUDA backend and
+    /// every buffer and gradient is f32; the inputs back otherwise.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn step<B: Backend>(
+        flat: Groups<B>,
+        placed: Vec<((usize, usize), Tensor<B, 1>)>,
+        hyper: [Hyper; 2],
+        clip: Option<f64>,
+    ) -> Result<(Groups<B>, Tensor<B, 1>), (Groups<B>, Vec<((usize, usize), Tensor<B, 1>)>)> {
+        let f32_only = flat
+            .iter()
+            .flatten()
+            .flat_map(|f| [&f.p, &f.m, &f.v])
+            .chain(placed.iter().map(|(_, g)| g))
+            .all(|t| t.dtype() == burn::tensor::DType::F32);
+        if TypeId::of::<B>() != TypeId::of::<Cuda>()
+            || !f32_only
+            || placed.is_empty()
+            || placed.iter().any(|((group, _), _)| flat[*group].is_none())
+        {
+            return Err((flat, placed));
+        }
+        let fused = |t: Tensor<B, 1>| -> Fused {
+            let t: Tensor<Cuda, 1> = same_type(t);
+            t.into_primitive().tensor()
+        };
+        let groups = [flat[0].is_some(), flat[1].is_some()];
+        let mut lens = Vec::new();
+        let mut inputs = Vec::new();
+        for f in flat.into_iter().flatten() {
+            lens.push(f.p.dims()[0]);
+            inputs.extend([fused(f.p), fused(f.m), fused(f.v)]);
+        }
+        let (places, grads): (Vec<(usize, usize)>, Vec<Tensor<B, 1>>) = placed.into_iter().unzip();
+        inputs.extend(grads.into_iter().map(fused));
+        let client = inputs[0].client.clone();
+        let streams = OperationStreams::with_inputs(&inputs);
+        let mut outputs: Vec<TensorIr> = lens
+            .iter()
+            .flat_map(|&n| [n, n, n])
+            .map(|n| TensorIr::uninit(client.create_empty_handle(), Shape::new([n]), DType::F32))
+            .collect();
+        outputs.push(TensorIr::uninit(
+            client.create_empty_handle(),
+            Shape::new([1]),
+            DType::F32,
+        ));
+        let irs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
+        let desc = CustomOpIr::new("ftl_adamw_step", &irs, &outputs);
+        let op = Step {
+            desc: desc.clone(),
+            groups,
+            placed: places,
+            hyper,
+            clip,
+        };
+        let mut out = client
+            .register(streams, OperationIr::Custom(desc), op)
+            .into_iter()
+            .map(|t| {
+                let t: Tensor<Cuda, 1> =
+                    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(t));
+                same_type::<_, Tensor<B, 1>>(t)
+            });
+        let mut next = || out.next().expect("an output per buffer, and the norm");
+        let flat = groups.map(|present| {
+            present.then(|| Flat {
+                p: next(),
+                m: next(),
+                v: next(),
+            })
+        });
+        Ok((flat, next()))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// Weights and biases alternate in the model's order; each launch
+        /// still holds up to eight gradients of one group, in order, and
+        /// starts whole cubes of threads, no more than the cap.
+        #[test]
+        fn launches_hold_up_to_eight_gradients_of_one_group() {
+            let placed: Vec<(usize, usize)> = (0..21).map(|i| (i % 2, i * 1000)).collect();
+            let mut lens: Vec<usize> = (0..21).map(|i| 100 + i).collect();
+            lens[4] = 3 * MAX_UNITS;
+            let plan = launches(&placed, &lens);
+            let groups: Vec<(usize, Vec<usize>)> =
+                plan.iter().map(|(g, m, _)| (*g, m.clone())).collect();
+            assert_eq!(
+                groups,
+                vec![
+                    (0, vec![0, 2, 4, 6, 8, 10, 12, 14]),
+                    (0, vec![16, 18, 20]),
+                    (1, vec![1, 3, 5, 7, 9, 11, 13, 15]),
+                    (1, vec![17, 19]),
+                ]
+            );
+            let threads: Vec<usize> = plan.iter().map(|(_, _, t)| *t).collect();
+            assert_eq!(threads, vec![MAX_UNITS, 256, 256, 256]);
+            // Every gradient is in exactly one launch.
+            let mut all: Vec<usize> = plan.iter().flat_map(|(_, m, _)| m.clone()).collect();
+            all.sort();
+            assert_eq!(all, (0..21).collect::<Vec<_>>());
+        }
     }
 }
 
@@ -927,6 +1395,30 @@ mod tests {
         assert_eq!(moments(&resumed, c.w.id), moments(&early, b.w.id));
         let b_moments = resumed.moments(&c.b.id).expect("laid out");
         close(b_moments.m, &[0.0; 3]);
+    }
+
+    /// Taken in pieces, the sum of squares is the whole one's: every value
+    /// counted once, the last piece shorter, a tensor shorter than a piece
+    /// taken whole, an empty one zero.
+    #[test]
+    fn sum_of_squares_in_pieces_counts_every_value_once() {
+        let device = cpu_device();
+        for (n, piece) in [
+            (1000usize, 100usize),
+            (1000, 128),
+            (130, 1000),
+            (4096, 128),
+            (0, 128),
+        ] {
+            let values: Vec<f32> = (0..n).map(|i| ((i % 17) as f32 - 8.0) * 0.25).collect();
+            let want: f64 = values.iter().map(|x| (*x as f64) * (*x as f64)).sum();
+            let g = Tensor::<Cpu, 1>::from_floats(values.as_slice(), &device);
+            let got = sum_of_squares(&g, piece).into_scalar() as f64;
+            assert!(
+                (got - want).abs() <= 1e-4 * want.max(1.0),
+                "n {n}, piece {piece}: {got}, expected {want}"
+            );
+        }
     }
 
     #[test]
