@@ -163,14 +163,6 @@ impl<B: Backend> AdamW<B> {
         if !same {
             self.relayout(&model, &gathered.ids, &device);
         }
-        // The model's trained parameters are views of the flat buffers; let
-        // go of them, so that the update below can write the buffers in
-        // place instead of allocating a second copy of every parameter.
-        let model = model.map(&mut Release {
-            layout: &self.layout,
-            placeholders: HashMap::new(),
-        });
-
         let s = self.settings;
         let [b1, b2] = s.betas;
         let t = self.steps as i32;
@@ -188,51 +180,77 @@ impl<B: Backend> AdamW<B> {
             step: lr / correction1,
             correction2_sqrt: correction2.sqrt(),
         });
-        let flat = std::mem::take(&mut self.flat);
 
+        // The model's trained parameters are views of the flat buffers;
+        // each path below lets go of them before its update, so that the
+        // update can write the buffers in place instead of allocating a
+        // second copy of every parameter.
         #[cfg(all(feature = "cuda", not(feature = "unfused")))]
-        let (flat, grads) = {
+        let grads = if multi::applies(&self.flat, &self.layout, &gathered.grads) {
+            let model = self.release(model);
             let placed = self
                 .layout
                 .iter()
                 .map(|s| (s.group, s.offset))
                 .zip(gathered.grads)
                 .collect();
-            match multi::step(flat, placed, hyper, clip) {
-                Ok((flat, norm)) => {
-                    let model = model.map(&mut Place {
-                        layout: &self.layout,
-                        flat: &flat,
-                    });
-                    self.flat = flat;
-                    return (model, Some(norm));
-                }
-                Err((flat, placed)) => (flat, placed.into_iter().map(|(_, g)| g).collect()),
-            }
+            let (flat, norm) = multi::step(std::mem::take(&mut self.flat), placed, hyper, clip);
+            self.flat = flat;
+            return (self.place(model), Some(norm));
+        } else {
+            gathered.grads
         };
         #[cfg(not(all(feature = "cuda", not(feature = "unfused"))))]
         let grads = gathered.grads;
 
-        let (flat, norm) = self.gathered_step(flat, grads, &device, hyper, clip);
-        let model = model.map(&mut Place {
-            layout: &self.layout,
-            flat: &flat,
-        });
+        let (g, norm) = self.gather(grads, &device);
+        let factor = clip.map(|max| clip_factor(norm.clone(), max));
+        let model = self.release(model);
+        let mut flat = std::mem::take(&mut self.flat);
+        for (group, g) in g.into_iter().enumerate() {
+            let (Some(g), Some(Flat { p, m, v })) = (g, flat[group].take()) else {
+                continue;
+            };
+            let (p, m, v) = update(p, m, v, g, factor.clone(), hyper[group]);
+            flat[group] = Some(Flat { p, m, v });
+        }
         self.flat = flat;
-        (model, Some(norm))
+        (self.place(model), Some(norm))
     }
 
-    /// The update where the gradients are first copied into the flat
-    /// layout: on the CPU, and on CUDA wherever [`multi`] declines. Returns
-    /// the updated buffers and the gradients' norm.
-    fn gathered_step(
+    /// `model` with its trained parameters let go ([`Release`]).
+    fn release<AB, M>(&self, model: M) -> M
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        model.map(&mut Release {
+            layout: &self.layout,
+            placeholders: HashMap::new(),
+        })
+    }
+
+    /// `model` with its trained parameters set to their views of the flat
+    /// buffers ([`Place`]).
+    fn place<AB, M>(&self, model: M) -> M
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        model.map(&mut Place {
+            layout: &self.layout,
+            flat: &self.flat,
+        })
+    }
+
+    /// The gradients copied into the flat layout, one tensor per group, and
+    /// their global norm: the step on the CPU, and on CUDA wherever
+    /// [`multi`] declines.
+    fn gather(
         &self,
-        mut flat: [Option<Flat<B>>; 2],
         grads: Vec<Tensor<B, 1>>,
         device: &B::Device,
-        hyper: [Hyper; 2],
-        clip: Option<f64>,
-    ) -> ([Option<Flat<B>>; 2], Tensor<B, 1>) {
+    ) -> ([Option<Tensor<B, 1>>; 2], Tensor<B, 1>) {
         // The gradients, laid out as the parameters are: each followed by
         // zeros up to the next parameter's offset. One concatenation
         // allocates each group once; writing into a buffer of zeros took a
@@ -251,7 +269,7 @@ impl<B: Backend> AdamW<B> {
             ends[s.group] = s.offset + s.len();
         }
         let g: [Option<Tensor<B, 1>>; 2] = [0, 1].map(|group| {
-            let n = flat[group].as_ref()?.p.dims()[0];
+            let n = self.flat[group].as_ref()?.p.dims()[0];
             let mut parts = std::mem::take(&mut parts[group]);
             if n > ends[group] {
                 parts.push(gap(n - ends[group]));
@@ -265,15 +283,7 @@ impl<B: Backend> AdamW<B> {
             .reduce(|a, b| a + b)
             .expect("a gradient")
             .sqrt();
-        let factor = clip.map(|max| clip_factor(norm.clone(), max));
-        for (group, g) in g.into_iter().enumerate() {
-            let (Some(g), Some(Flat { p, m, v })) = (g, flat[group].take()) else {
-                continue;
-            };
-            let (p, m, v) = update(p, m, v, g, factor.clone(), hyper[group]);
-            flat[group] = Some(Flat { p, m, v });
-        }
-        (flat, norm)
+        (g, norm)
     }
 
     /// Lays the trained parameters of `model` (those that require a
@@ -913,28 +923,33 @@ mod multi {
         }
     }
 
-    /// The step as one operation when `B` is the fused CUDA backend and
-    /// every buffer and gradient is f32; the inputs back otherwise.
-    #[allow(clippy::type_complexity)]
+    /// Whether [`step`] takes this step: `B` is the fused CUDA backend,
+    /// every buffer and gradient is f32, and every gradient's group has
+    /// buffers.
+    pub(super) fn applies<B: Backend>(
+        flat: &Groups<B>,
+        layout: &[super::Segment],
+        grads: &[Tensor<B, 1>],
+    ) -> bool {
+        TypeId::of::<B>() == TypeId::of::<Cuda>()
+            && !grads.is_empty()
+            && layout.iter().all(|s| flat[s.group].is_some())
+            && flat
+                .iter()
+                .flatten()
+                .flat_map(|f| [&f.p, &f.m, &f.v])
+                .chain(grads)
+                .all(|t| t.dtype() == burn::tensor::DType::F32)
+    }
+
+    /// The step as one operation, where [`applies`] said so: the updated
+    /// buffers and the gradients' norm.
     pub(super) fn step<B: Backend>(
         flat: Groups<B>,
         placed: Vec<((usize, usize), Tensor<B, 1>)>,
         hyper: [Hyper; 2],
         clip: Option<f64>,
-    ) -> Result<(Groups<B>, Tensor<B, 1>), (Groups<B>, Vec<((usize, usize), Tensor<B, 1>)>)> {
-        let f32_only = flat
-            .iter()
-            .flatten()
-            .flat_map(|f| [&f.p, &f.m, &f.v])
-            .chain(placed.iter().map(|(_, g)| g))
-            .all(|t| t.dtype() == burn::tensor::DType::F32);
-        if TypeId::of::<B>() != TypeId::of::<Cuda>()
-            || !f32_only
-            || placed.is_empty()
-            || placed.iter().any(|((group, _), _)| flat[*group].is_none())
-        {
-            return Err((flat, placed));
-        }
+    ) -> (Groups<B>, Tensor<B, 1>) {
         let fused = |t: Tensor<B, 1>| -> Fused {
             let t: Tensor<Cuda, 1> = same_type(t);
             t.into_primitive().tensor()
@@ -985,7 +1000,7 @@ mod multi {
                 v: next(),
             })
         });
-        Ok((flat, next()))
+        (flat, next())
     }
 
     #[cfg(test)]
