@@ -455,12 +455,10 @@ struct Hyper {
 /// clipping) move the moments `m`, `v` and the parameters `p`. Returns the
 /// new `p`, `m` and `v`.
 ///
-/// On burn's fused CUDA backend this is one custom operation that updates
-/// the three buffers in place ([`in_place`]): fused kernels there write
-/// every output to a new buffer, so the same update as tensor operations
-/// held seven buffers the size of the parameters at once, and the memory
-/// pool kept all seven for the whole run. Elsewhere the tensor operations
-/// below reuse their inputs' buffers themselves.
+/// The tensor operations below reuse their inputs' buffers on the CPU. On
+/// burn's fused CUDA backend they would not (fused kernels there write
+/// every output to a new buffer: seven buffers the size of the parameters
+/// at once, `bench/update_memory.rs`); there [`multi`] takes the step.
 fn update<B: Backend>(
     p: Tensor<B, 1>,
     m: Tensor<B, 1>,
@@ -469,11 +467,6 @@ fn update<B: Backend>(
     factor: Option<Tensor<B, 1>>,
     h: Hyper,
 ) -> (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>) {
-    #[cfg(all(feature = "cuda", not(feature = "unfused")))]
-    let (p, m, v, g, factor) = match in_place::update(p, m, v, g, factor, h) {
-        Ok(updated) => return updated,
-        Err(inputs) => inputs,
-    };
     let g = match factor {
         Some(f) => g * f,
         None => g,
@@ -494,145 +487,6 @@ fn update<B: Backend>(
         .add_scalar(h.eps);
     let p = p - denom.recip().mul(m.clone()).mul_scalar(h.step);
     (p, m, v)
-}
-
-/// [`update`] as one custom operation of burn's fusion stream on the CUDA
-/// backend.
-///
-/// Measured with `bench/update_memory.rs` on the H200: no fused form of
-/// this update wrote a single output into an input's buffer, and AdamW with
-/// clipping reserved 7 buffers of the parameters' size where 4 hold the
-/// state. In burn-cubecl-fusion 0.21 a fused kernel may write into an input
-/// only if the buffer has at most two handles (`can_mut`), and its planner
-/// counts its own clone on top of the memory pool's and the stream's.
-/// Inside a custom operation the inputs are taken out of the stream, and
-/// burn-cubecl's own kernels write into any input no one else holds (all
-/// four were, checked on the H200). The update then allocates nothing: the
-/// denominator is computed in the gradients' buffer once they are used up.
-/// It launches about 18 small kernels per group instead of a few fused ones.
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
-mod in_place {
-    use std::any::TypeId;
-    use std::marker::PhantomData;
-
-    use burn::backend::Cuda;
-    use burn::prelude::*;
-    use burn::tensor::{DType, Scalar, Shape, Slice};
-    use burn_fusion::stream::{Operation, OperationStreams};
-    use burn_fusion::{FusionBackend, FusionTensor};
-    use burn_ir::{CustomOpIr, HandleContainer, OperationIr, TensorIr};
-
-    use super::Hyper;
-    use crate::runtime::backend::same_type;
-
-    /// The backend burn's CUDA backend fuses over.
-    type Inner = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
-    type Fused = FusionTensor<<Inner as FusionBackend>::FusionRuntime>;
-
-    type Five<B> = (
-        Tensor<B, 1>,
-        Tensor<B, 1>,
-        Tensor<B, 1>,
-        Tensor<B, 1>,
-        Option<Tensor<B, 1>>,
-    );
-    type Three<B> = (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>);
-
-    #[derive(Debug)]
-    struct AdamW<B> {
-        desc: CustomOpIr,
-        hyper: Hyper,
-        _b: PhantomData<B>,
-    }
-
-    impl<B: FusionBackend> Operation<B::FusionRuntime> for AdamW<B> {
-        fn execute(&self, handles: &mut HandleContainer<B::Handle>) {
-            let h = self.hyper;
-            let f = |x: f64| Scalar::Float(x);
-            let input = |handles: &mut HandleContainer<B::Handle>, i: usize| {
-                handles.get_float_tensor::<B>(&self.desc.inputs[i])
-            };
-            let mut p = input(handles, 0);
-            let mut m = input(handles, 1);
-            let mut v = input(handles, 2);
-            let mut g = input(handles, 3);
-            if self.desc.inputs.len() > 4 {
-                g = B::float_mul(g, input(handles, 4));
-            }
-            // m ← b1·(m − g) + g, in m's buffer.
-            m = B::float_sub(m, g.clone());
-            m = B::float_mul_scalar(m, f(h.b1));
-            m = B::float_add(m, g.clone());
-            // v ← b2·v + (1 − b2)·g², in v's buffer, g² in g's.
-            v = B::float_mul_scalar(v, f(h.b2));
-            g = B::float_abs(g);
-            g = B::float_powf_scalar_impl(g, f(2.0));
-            g = B::float_mul_scalar(g, f(1.0 - h.b2));
-            v = B::float_add(v, g.clone());
-            // p ← decay·p − step·m / (√v / √(1 − b2^t) + eps), the
-            // denominator in g's buffer (a copy of v written over g), so
-            // that the update needs no fifth buffer.
-            let n = self.desc.outputs[0].shape.num_elements();
-            let mut d = B::float_slice_assign(g, &[Slice::from(0..n)], v.clone());
-            d = B::float_sqrt(d);
-            d = B::float_div_scalar(d, f(h.correction2_sqrt));
-            d = B::float_add_scalar(d, f(h.eps));
-            d = B::float_recip(d);
-            d = B::float_mul(d, m.clone());
-            d = B::float_mul_scalar(d, f(h.step));
-            if h.decay != 1.0 {
-                p = B::float_mul_scalar(p, f(h.decay));
-            }
-            p = B::float_sub(p, d);
-            for (out, t) in self.desc.outputs.iter().zip([p, m, v]) {
-                handles.register_float_tensor::<B>(&out.id, t);
-            }
-        }
-    }
-
-    /// The update as one operation when `B` is the fused CUDA backend; the
-    /// inputs back otherwise.
-    pub(super) fn update<B: Backend>(
-        p: Tensor<B, 1>,
-        m: Tensor<B, 1>,
-        v: Tensor<B, 1>,
-        g: Tensor<B, 1>,
-        factor: Option<Tensor<B, 1>>,
-        hyper: Hyper,
-    ) -> Result<Three<B>, Five<B>> {
-        if TypeId::of::<B>() != TypeId::of::<Cuda>() {
-            return Err((p, m, v, g, factor));
-        }
-        let fused = |t: Tensor<B, 1>| -> Fused {
-            let t: Tensor<Cuda, 1> = same_type(t);
-            t.into_primitive().tensor()
-        };
-        let mut inputs = vec![fused(p), fused(m), fused(v), fused(g)];
-        inputs.extend(factor.map(fused));
-        let client = inputs[0].client.clone();
-        let n = inputs[0].shape[0];
-        let streams = OperationStreams::with_inputs(&inputs);
-        let outputs: Vec<TensorIr> = (0..3)
-            .map(|_| TensorIr::uninit(client.create_empty_handle(), Shape::new([n]), DType::F32))
-            .collect();
-        let irs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
-        let desc = CustomOpIr::new("ftl_adamw", &irs, &outputs);
-        let op = AdamW::<Inner> {
-            desc: desc.clone(),
-            hyper,
-            _b: PhantomData,
-        };
-        let mut out = client
-            .register(streams, OperationIr::Custom(desc), op)
-            .into_iter()
-            .map(|t| {
-                let t: Tensor<Cuda, 1> =
-                    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(t));
-                same_type::<_, Tensor<B, 1>>(t)
-            });
-        let mut next = || out.next().expect("three outputs");
-        Ok((next(), next(), next()))
-    }
 }
 
 /// The whole optimizer step as one custom operation of burn's fusion
