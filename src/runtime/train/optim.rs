@@ -308,10 +308,7 @@ impl<B: Backend> AdamW<B> {
             return model;
         };
         self.relayout(&model, &trained.ids, &device);
-        model.map(&mut Place {
-            layout: &self.layout,
-            flat: &self.flat,
-        })
+        self.place(model)
     }
 
     /// Lays the parameters `ids` of `model` out in fresh flat buffers,
