@@ -19,6 +19,11 @@
 //! QLoRA) the peak did not move: burn's decomposition keeps less when γ
 //! needs no gradient.
 //!
+//! On burn's fused CUDA backend with f32 tensors, the forward and backward
+//! passes run as ftl's own kernels instead, one operation each for burn's
+//! fusion stream ([`super::layer_norm_cuda`]); the state kept between them
+//! is the same.
+//!
 //! Other backends (inference, the inner backend of evaluation) use burn's
 //! LayerNorm as it is.
 
@@ -128,6 +133,24 @@ fn forward<I: Backend>(
     [normalized, deviation, gamma, y]
 }
 
+/// ftl's CUDA kernels where they apply (see [`super::layer_norm_cuda`]),
+/// [`forward`] otherwise. The kernels keep γ as it is, not shaped to
+/// broadcast: their backward pass takes either.
+fn forward_on_kernels_or_composition<I: Backend>(
+    x: FloatTensor<I>,
+    gamma: FloatTensor<I>,
+    beta: FloatTensor<I>,
+    epsilon: f64,
+) -> [FloatTensor<I>; 4] {
+    #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+    if super::layer_norm_cuda::applies::<I>(&[&x, &gamma, &beta]) {
+        let [normalized, deviation, y] =
+            super::layer_norm_cuda::forward::<I>(x, gamma.clone(), beta, epsilon);
+        return [normalized, deviation, gamma, y];
+    }
+    forward::<I>(x, gamma, beta, epsilon)
+}
+
 /// The gradients of x, γ and β from the output's.
 #[derive(Debug)]
 struct LayerNormBackward;
@@ -140,6 +163,23 @@ impl<I: Backend> Backward<I, 3> for LayerNormBackward {
         let (normalized, deviation, gamma) = ops.state;
         let [x_node, gamma_node, beta_node] = ops.parents;
         let grad = grads.consume::<I>(&ops.node);
+        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+        if super::layer_norm_cuda::applies::<I>(&[&grad, &normalized, &deviation, &gamma]) {
+            let [dx, dgamma, dbeta] = super::layer_norm_cuda::backward::<I>(
+                grad,
+                normalized,
+                deviation,
+                gamma,
+                x_node.is_some(),
+                gamma_node.is_some() || beta_node.is_some(),
+            );
+            for (node, g) in [(x_node, dx), (gamma_node, dgamma), (beta_node, dbeta)] {
+                if let (Some(node), Some(g)) = (node, g) {
+                    grads.register::<I>(node.id, g);
+                }
+            }
+            return;
+        }
         let shape = grad.shape();
         let last = shape.num_dims() - 1;
         let width = shape[last];
@@ -175,8 +215,12 @@ fn layer_norm<I: Backend>(
     epsilon: f64,
 ) -> FloatTensor<Autodiff<I>> {
     let nodes = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
-    let [normalized, deviation, gamma_b, y] =
-        forward::<I>(x.primitive, gamma.primitive, beta.primitive, epsilon);
+    let [normalized, deviation, gamma_b, y] = forward_on_kernels_or_composition::<I>(
+        x.primitive,
+        gamma.primitive,
+        beta.primitive,
+        epsilon,
+    );
     match LayerNormBackward
         .prepare::<NoCheckpointing>(nodes)
         .compute_bound()

@@ -27,6 +27,8 @@ pub mod feed_forward;
 pub mod head;
 pub mod layer;
 pub mod layer_norm;
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+mod layer_norm_cuda;
 pub mod loader;
 pub mod projection;
 

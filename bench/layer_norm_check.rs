@@ -1,0 +1,176 @@
+//! ftl's LayerNorm kernels on CUDA against burn's composition on the CPU.
+//!
+//! On burn's fused CUDA backend, f32 LayerNorms run as ftl's own kernels
+//! (`src/runtime/model/layer_norm_cuda.rs`); on the CPU they run as tensor
+//! operations. For each case the same input, γ, β and loss weights go
+//! through both, and the output and the gradients of x, γ and β must agree.
+//! The cases cover the models' shapes (MiniLM's 384 and MPNet's 768
+//! features over 32 × 64 tokens), a width that is not a multiple of a
+//! warp, fewer rows than a cube holds, a row longer than many warps, rows
+//! not a multiple of the per-feature sums' chunk, frozen γ and β (LoRA),
+//! and an input that needs no gradient. Prints the largest difference of
+//! each tensor relative to its largest value, and exits non-zero when one
+//! is above 1e-5 for y and ∂x (each value from one row) or above 1e-4 for
+//! ∂γ and ∂β (each a sum over every row, which the two devices add up in
+//! different orders: 2,048 rows for the models' shapes).
+//!
+//! `cargo run --release --features cuda --example layer_norm_check`
+
+#[cfg(feature = "cuda")]
+fn main() {
+    use burn::backend::{Autodiff, Cuda};
+    use burn::module::Param;
+    use burn::prelude::*;
+    use ftl::runtime::backend::{Cpu, configure_cubecl, cuda_available};
+    use ftl::runtime::model::layer_norm::LayerNorm;
+
+    /// Values that differ from one element to the next, the same on every
+    /// device, in [offset − scale, offset + scale).
+    fn values(n: usize, seed: usize, offset: f32, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let x = ((i * 7919 + seed * 104_729) % 10_007) as f32 / 10_007.0;
+                offset + (x * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    struct Case {
+        name: &'static str,
+        shape: [usize; 3],
+        input_grad: bool,
+        parameters_grad: bool,
+    }
+
+    /// y, ∂x, ∂γ, ∂β (the gradients empty where not asked for).
+    fn run<B: burn::tensor::backend::AutodiffBackend>(
+        case: &Case,
+        device: &B::Device,
+    ) -> [Vec<f32>; 4] {
+        let n: usize = case.shape.iter().product();
+        let width = *case.shape.last().expect("a shape");
+        let tensor =
+            |v: Vec<f32>| Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape(case.shape);
+        let mut norm = LayerNorm::<B>::new(width, 1e-12, device);
+        let param = |v: Vec<f32>| {
+            let p = Param::from_tensor(Tensor::<B, 1>::from_floats(v.as_slice(), device));
+            if case.parameters_grad {
+                p
+            } else {
+                p.set_require_grad(false)
+            }
+        };
+        norm.gamma = param(values(width, 2, 1.0, 0.3));
+        norm.beta = param(values(width, 3, 0.0, 0.3));
+        let mut x: Tensor<B, 3> = tensor(values(n, 1, 0.5, 2.0));
+        if case.input_grad {
+            x = x.require_grad();
+        }
+        let w: Tensor<B, 3> = tensor(values(n, 4, 0.0, 1.0));
+        let y = norm.forward(x.clone());
+        let grads = (y.clone() * w).sum().backward();
+        let flat = |t: Tensor<B::InnerBackend, 3>| t.into_data().to_vec::<f32>().expect("f32");
+        let flat1 = |t: Tensor<B::InnerBackend, 1>| t.into_data().to_vec::<f32>().expect("f32");
+        [
+            flat(y.inner()),
+            x.grad(&grads).map(flat).unwrap_or_default(),
+            norm.gamma.val().grad(&grads).map(flat1).unwrap_or_default(),
+            norm.beta.val().grad(&grads).map(flat1).unwrap_or_default(),
+        ]
+    }
+
+    if !cuda_available() {
+        println!("no CUDA device: nothing to check");
+        return;
+    }
+    configure_cubecl(0);
+    let cuda = burn::backend::cuda::CudaDevice::new(0);
+    let cpu = Default::default();
+    let cases = [
+        Case {
+            name: "MiniLM tokens",
+            shape: [32, 64, 384],
+            input_grad: true,
+            parameters_grad: true,
+        },
+        Case {
+            name: "MPNet tokens",
+            shape: [32, 64, 768],
+            input_grad: true,
+            parameters_grad: true,
+        },
+        Case {
+            name: "37 features, 3 rows",
+            shape: [1, 3, 37],
+            input_grad: true,
+            parameters_grad: true,
+        },
+        Case {
+            name: "5000 features, 2 rows",
+            shape: [2, 1, 5000],
+            input_grad: true,
+            parameters_grad: true,
+        },
+        Case {
+            name: "21 × 9 rows of 100",
+            shape: [21, 9, 100],
+            input_grad: true,
+            parameters_grad: true,
+        },
+        Case {
+            name: "frozen γ and β",
+            shape: [8, 64, 384],
+            input_grad: true,
+            parameters_grad: false,
+        },
+        Case {
+            name: "input needs no gradient",
+            shape: [8, 64, 384],
+            input_grad: false,
+            parameters_grad: true,
+        },
+    ];
+    let mut failed = false;
+    let mut worst = 0f64;
+    for case in &cases {
+        let gpu = run::<Autodiff<Cuda>>(case, &cuda);
+        let host = run::<Autodiff<Cpu>>(case, &cpu);
+        let mut line = format!("{:<24}", case.name);
+        for (k, name) in ["y", "∂x", "∂γ", "∂β"].iter().enumerate() {
+            if gpu[k].len() != host[k].len() {
+                println!(
+                    "FAIL: {}: {name} has {} values on CUDA, {} on the CPU",
+                    case.name,
+                    gpu[k].len(),
+                    host[k].len()
+                );
+                std::process::exit(1);
+            }
+            if host[k].is_empty() {
+                line.push_str(&format!("  {name} —"));
+                continue;
+            }
+            let scale = host[k].iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6) as f64;
+            let diff = gpu[k]
+                .iter()
+                .zip(&host[k])
+                .map(|(a, b)| (*a as f64 - *b as f64).abs() / scale)
+                .fold(0f64, f64::max);
+            worst = worst.max(diff);
+            let tolerance = if k < 2 { 1e-5 } else { 1e-4 };
+            failed |= diff > tolerance;
+            line.push_str(&format!("  {name} {diff:.1e}"));
+        }
+        println!("{line}");
+    }
+    if failed {
+        println!("FAIL: CUDA's LayerNorm differs from the CPU's by {worst:.2e}");
+        std::process::exit(1);
+    }
+    println!("ok: largest difference {worst:.2e}");
+}
+
+#[cfg(not(feature = "cuda"))]
+fn main() {
+    println!("built without CUDA: nothing to check");
+}

@@ -1,0 +1,470 @@
+//! LayerNorm's forward and backward passes as ftl's own CUDA kernels, each
+//! one operation of burn's fusion stream.
+//!
+//! The composition in [`super::layer_norm`] registers eleven tensor
+//! operations for the forward pass and fifteen for the backward pass, among
+//! them five row and column reductions, and every one costs burn's fusion
+//! thread time, which is what bounds a training step on CUDA (BENCHMARKS.md,
+//! "Where the host time goes"). Here the forward pass is one operation (one
+//! kernel) and the backward pass one operation (three kernels). They compute
+//! the same formulas in f32:
+//!
+//! ```text
+//! forward:   μ = mean x    σ = √(mean (x − μ)² + ε)    x̂ = (x − μ) / σ    y = γ·x̂ + β
+//! backward:  ∂x = (γg − mean(γg) − x̂·mean(γg·x̂)) / σ    ∂γ = Σ g·x̂    ∂β = Σ g
+//! ```
+//!
+//! One warp handles one row (a token's features): each lane sums a strided
+//! share and `plane_sum` adds the shares. The per-feature sums of the
+//! backward pass run over fixed chunks of rows and then over the chunks, so
+//! the summation order, and the result, is the same on every run.
+//!
+//! [`applies`] says when they are used: on burn's fused CUDA backend, with
+//! every tensor in f32. `bench/layer_norm_check.rs` checks them against the
+//! composition on the CPU.
+
+use std::any::TypeId;
+
+use burn::backend::Cuda;
+use burn::prelude::*;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{DType, Shape, TensorMetadata};
+use burn_cubecl::tensor::CubeTensor;
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{FusionBackend, FusionTensor};
+use burn_ir::{BackendIr, CustomOpIr, HandleContainer, OperationIr, TensorIr};
+use cubecl::prelude::{CubeCount, CubeDim};
+
+use crate::runtime::backend::same_type;
+
+type Runtime = cubecl::cuda::CudaRuntime;
+/// The backend burn's CUDA backend fuses over.
+type Inner = burn_cubecl::CubeBackend<Runtime, f32, i32, u8>;
+type Fused = FusionTensor<<Inner as FusionBackend>::FusionRuntime>;
+
+/// Lanes of a warp: one row's share each.
+const LANES: u32 = 32;
+/// Rows (warps) per cube.
+const ROWS_PER_CUBE: u32 = 8;
+/// Rows each thread of the per-feature sums adds up before the sum over
+/// chunks.
+const CHUNK_ROWS: usize = 16;
+/// Threads per cube of the per-feature sums.
+const COLUMN_CUBE: u32 = 256;
+
+mod kernels {
+    use cubecl::prelude::*;
+
+    /// One row per warp: `normalized`, `y`, and the row's `deviation`.
+    #[allow(clippy::too_many_arguments)]
+    #[cube(launch_unchecked)]
+    pub(super) fn forward(
+        x: &Array<f32>,
+        gamma: &Array<f32>,
+        beta: &Array<f32>,
+        y: &mut Array<f32>,
+        normalized: &mut Array<f32>,
+        deviation: &mut Array<f32>,
+        rows: usize,
+        width: usize,
+        inv_width: f32,
+        epsilon: f32,
+    ) {
+        let row = CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+        if row < rows {
+            let lane = UNIT_POS_X as usize;
+            let lanes = CUBE_DIM_X as usize;
+            let start = row * width;
+            let mut sum = f32::new(0.0);
+            let mut i = lane;
+            loop {
+                if i >= width {
+                    break;
+                }
+                sum += x[start + i];
+                i += lanes;
+            }
+            let mean = plane_sum(sum) * inv_width;
+            let mut squares = f32::new(0.0);
+            i = lane;
+            loop {
+                if i >= width {
+                    break;
+                }
+                let c = x[start + i] - mean;
+                squares += c * c;
+                i += lanes;
+            }
+            let sigma = f32::sqrt(plane_sum(squares) * inv_width + epsilon);
+            i = lane;
+            loop {
+                if i >= width {
+                    break;
+                }
+                let n = (x[start + i] - mean) / sigma;
+                normalized[start + i] = n;
+                y[start + i] = n * gamma[i] + beta[i];
+                i += lanes;
+            }
+            if lane == 0 {
+                deviation[row] = sigma;
+            }
+        }
+    }
+
+    /// One row per warp: the input's gradient.
+    #[allow(clippy::too_many_arguments)]
+    #[cube(launch_unchecked)]
+    pub(super) fn backward_input(
+        grad: &Array<f32>,
+        normalized: &Array<f32>,
+        deviation: &Array<f32>,
+        gamma: &Array<f32>,
+        dx: &mut Array<f32>,
+        rows: usize,
+        width: usize,
+        inv_width: f32,
+    ) {
+        let row = CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+        if row < rows {
+            let lane = UNIT_POS_X as usize;
+            let lanes = CUBE_DIM_X as usize;
+            let start = row * width;
+            let mut sum = f32::new(0.0);
+            let mut dot = f32::new(0.0);
+            let mut i = lane;
+            loop {
+                if i >= width {
+                    break;
+                }
+                let g = grad[start + i] * gamma[i];
+                sum += g;
+                dot += g * normalized[start + i];
+                i += lanes;
+            }
+            let mean = plane_sum(sum) * inv_width;
+            let mean_dot = plane_sum(dot) * inv_width;
+            let sigma = deviation[row];
+            i = lane;
+            loop {
+                if i >= width {
+                    break;
+                }
+                let g = grad[start + i] * gamma[i];
+                dx[start + i] = (g - mean - normalized[start + i] * mean_dot) / sigma;
+                i += lanes;
+            }
+        }
+    }
+
+    /// Per feature and chunk of rows: Σ g·x̂ into `partials[chunk, feature]`
+    /// and Σ g into `partials[chunks + chunk, feature]`.
+    #[allow(clippy::too_many_arguments)]
+    #[cube(launch_unchecked)]
+    pub(super) fn backward_columns(
+        grad: &Array<f32>,
+        normalized: &Array<f32>,
+        partials: &mut Array<f32>,
+        rows: usize,
+        width: usize,
+        chunks: usize,
+        chunk_rows: usize,
+    ) {
+        let column = ABSOLUTE_POS_X as usize;
+        let chunk = CUBE_POS_Y as usize;
+        if column < width {
+            let mut scaled = f32::new(0.0);
+            let mut plain = f32::new(0.0);
+            let mut r = chunk * chunk_rows;
+            let end = r + chunk_rows;
+            loop {
+                if r >= end || r >= rows {
+                    break;
+                }
+                let g = grad[r * width + column];
+                plain += g;
+                scaled += g * normalized[r * width + column];
+                r += 1;
+            }
+            partials[chunk * width + column] = scaled;
+            partials[(chunks + chunk) * width + column] = plain;
+        }
+    }
+
+    /// Per feature: the sums over the chunks, in chunk order.
+    #[cube(launch_unchecked)]
+    pub(super) fn backward_finish(
+        partials: &Array<f32>,
+        dgamma: &mut Array<f32>,
+        dbeta: &mut Array<f32>,
+        width: usize,
+        chunks: usize,
+    ) {
+        let column = ABSOLUTE_POS;
+        if column < width {
+            let mut scaled = f32::new(0.0);
+            let mut plain = f32::new(0.0);
+            let mut c = 0;
+            loop {
+                if c >= chunks {
+                    break;
+                }
+                scaled += partials[c * width + column];
+                plain += partials[(chunks + c) * width + column];
+                c += 1;
+            }
+            dgamma[column] = scaled;
+            dbeta[column] = plain;
+        }
+    }
+}
+
+/// Whether the kernels take this LayerNorm: `I` is burn's fused CUDA
+/// backend and every tensor is f32.
+pub(crate) fn applies<I: Backend>(tensors: &[&FloatTensor<I>]) -> bool {
+    TypeId::of::<I>() == TypeId::of::<Cuda>() && tensors.iter().all(|t| t.dtype() == DType::F32)
+}
+
+fn fused<I: Backend>(t: FloatTensor<I>) -> Fused {
+    same_type(t)
+}
+
+fn back<I: Backend>(t: Fused) -> FloatTensor<I> {
+    same_type(t)
+}
+
+/// `t` as a contiguous cubecl tensor.
+fn contiguous(t: CubeTensor<Runtime>) -> CubeTensor<Runtime> {
+    if t.is_contiguous() {
+        t
+    } else {
+        burn_cubecl::kernel::into_contiguous(t)
+    }
+}
+
+/// A new f32 tensor on `like`'s device.
+fn empty(like: &CubeTensor<Runtime>, shape: Shape) -> CubeTensor<Runtime> {
+    let handle = like.client.empty(shape.num_elements() * 4);
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        handle,
+        DType::F32,
+    )
+}
+
+fn row_cubes(rows: usize) -> CubeCount {
+    CubeCount::Static((rows as u32).div_ceil(ROWS_PER_CUBE), 1, 1)
+}
+
+/// The operation's shapes and settings.
+#[derive(Debug)]
+struct Forward {
+    desc: CustomOpIr,
+    epsilon: f32,
+}
+
+impl Operation<<Inner as FusionBackend>::FusionRuntime> for Forward {
+    fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
+        let [x, gamma, beta] =
+            [0, 1, 2].map(|k| contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[k])));
+        let shape = x.meta.shape().clone();
+        let width = shape[shape.num_dims() - 1];
+        let rows = shape.num_elements() / width;
+        let y = empty(&x, shape.clone());
+        let normalized = empty(&x, shape);
+        let deviation = empty(&x, self.desc.outputs[2].shape.clone());
+        // SAFETY: `row < rows` and `i < width` bound every index: x, y and
+        // normalized hold rows × width values, γ and β width, deviation rows.
+        unsafe {
+            kernels::forward::launch_unchecked(
+                &x.client,
+                row_cubes(rows),
+                CubeDim::new_2d(LANES, ROWS_PER_CUBE),
+                x.clone().into_array_arg(),
+                gamma.into_array_arg(),
+                beta.into_array_arg(),
+                y.clone().into_array_arg(),
+                normalized.clone().into_array_arg(),
+                deviation.clone().into_array_arg(),
+                rows,
+                width,
+                1.0 / width as f32,
+                self.epsilon,
+            )
+        };
+        for (ir, t) in self.desc.outputs.iter().zip([y, normalized, deviation]) {
+            handles.register_float_tensor::<Inner>(&ir.id, t);
+        }
+    }
+}
+
+/// Registers one custom operation and returns its outputs.
+fn register<O: Operation<<Inner as FusionBackend>::FusionRuntime> + 'static>(
+    name: &'static str,
+    inputs: Vec<Fused>,
+    shapes: Vec<Shape>,
+    op: impl FnOnce(CustomOpIr) -> O,
+) -> Vec<Fused> {
+    let client = inputs[0].client.clone();
+    let streams = OperationStreams::with_inputs(&inputs);
+    let outputs: Vec<TensorIr> = shapes
+        .into_iter()
+        .map(|s| TensorIr::uninit(client.create_empty_handle(), s, DType::F32))
+        .collect();
+    let irs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
+    let desc = CustomOpIr::new(name, &irs, &outputs);
+    client.register(streams, OperationIr::Custom(desc.clone()), op(desc))
+}
+
+/// `[normalized, deviation, y]` for `x` over its last dimension; the
+/// deviation has `x`'s shape with a last dimension of 1. Call only where
+/// [`applies`] said so.
+pub(crate) fn forward<I: Backend>(
+    x: FloatTensor<I>,
+    gamma: FloatTensor<I>,
+    beta: FloatTensor<I>,
+    epsilon: f64,
+) -> [FloatTensor<I>; 3] {
+    let shape = x.shape();
+    let mut deviation = shape.clone();
+    let last = deviation.num_dims() - 1;
+    deviation[last] = 1;
+    let out = register(
+        "ftl_layer_norm",
+        vec![fused::<I>(x), fused::<I>(gamma), fused::<I>(beta)],
+        vec![shape.clone(), shape, deviation],
+        |desc| Forward {
+            desc,
+            epsilon: epsilon as f32,
+        },
+    );
+    let [y, normalized, deviation]: [Fused; 3] = out
+        .try_into()
+        .expect("three outputs: y, normalized, deviation");
+    [back::<I>(normalized), back::<I>(deviation), back::<I>(y)]
+}
+
+#[derive(Debug)]
+struct Backward {
+    desc: CustomOpIr,
+    input: bool,
+    parameters: bool,
+}
+
+impl Operation<<Inner as FusionBackend>::FusionRuntime> for Backward {
+    fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
+        let [grad, normalized, deviation, gamma] = [0, 1, 2, 3]
+            .map(|k| contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[k])));
+        let shape = grad.meta.shape().clone();
+        let width = shape[shape.num_dims() - 1];
+        let rows = shape.num_elements() / width;
+        let mut outputs = Vec::new();
+        if self.input {
+            let dx = empty(&grad, shape.clone());
+            // SAFETY: `row < rows` and `i < width` bound every index, as in
+            // the forward pass.
+            unsafe {
+                kernels::backward_input::launch_unchecked(
+                    &grad.client,
+                    row_cubes(rows),
+                    CubeDim::new_2d(LANES, ROWS_PER_CUBE),
+                    grad.clone().into_array_arg(),
+                    normalized.clone().into_array_arg(),
+                    deviation.into_array_arg(),
+                    gamma.into_array_arg(),
+                    dx.clone().into_array_arg(),
+                    rows,
+                    width,
+                    1.0 / width as f32,
+                )
+            };
+            outputs.push(dx);
+        }
+        if self.parameters {
+            let chunks = rows.div_ceil(CHUNK_ROWS);
+            let partials = empty(&grad, Shape::new([2 * chunks * width]));
+            let dgamma = empty(&grad, Shape::new([width]));
+            let dbeta = empty(&grad, Shape::new([width]));
+            // SAFETY: `column < width`, `chunk < chunks` (the launch's y
+            // count) and `r < rows` bound every index; partials hold
+            // 2 × chunks × width values.
+            unsafe {
+                kernels::backward_columns::launch_unchecked(
+                    &grad.client,
+                    CubeCount::Static((width as u32).div_ceil(COLUMN_CUBE), chunks as u32, 1),
+                    CubeDim::new_1d(COLUMN_CUBE),
+                    grad.clone().into_array_arg(),
+                    normalized.into_array_arg(),
+                    partials.clone().into_array_arg(),
+                    rows,
+                    width,
+                    chunks,
+                    CHUNK_ROWS,
+                );
+                kernels::backward_finish::launch_unchecked(
+                    &grad.client,
+                    CubeCount::Static((width as u32).div_ceil(COLUMN_CUBE), 1, 1),
+                    CubeDim::new_1d(COLUMN_CUBE),
+                    partials.into_array_arg(),
+                    dgamma.clone().into_array_arg(),
+                    dbeta.clone().into_array_arg(),
+                    width,
+                    chunks,
+                )
+            };
+            outputs.extend([dgamma, dbeta]);
+        }
+        for (ir, t) in self.desc.outputs.iter().zip(outputs) {
+            handles.register_float_tensor::<Inner>(&ir.id, t);
+        }
+    }
+}
+
+/// The gradients of x (when `input`) and of γ and β (when `parameters`),
+/// from the output's gradient and the forward pass's normalised input and
+/// deviation. γ may have any shape holding the features in order. Call only
+/// where [`applies`] said so.
+pub(crate) fn backward<I: Backend>(
+    grad: FloatTensor<I>,
+    normalized: FloatTensor<I>,
+    deviation: FloatTensor<I>,
+    gamma: FloatTensor<I>,
+    input: bool,
+    parameters: bool,
+) -> [Option<FloatTensor<I>>; 3] {
+    if !input && !parameters {
+        return [None, None, None];
+    }
+    let shape = grad.shape();
+    let width = shape[shape.num_dims() - 1];
+    let mut shapes = Vec::new();
+    if input {
+        shapes.push(shape);
+    }
+    if parameters {
+        shapes.extend([Shape::new([width]), Shape::new([width])]);
+    }
+    let out = register(
+        "ftl_layer_norm_backward",
+        [grad, normalized, deviation, gamma]
+            .into_iter()
+            .map(fused::<I>)
+            .collect(),
+        shapes,
+        |desc| Backward {
+            desc,
+            input,
+            parameters,
+        },
+    );
+    let mut out = out.into_iter().map(back::<I>);
+    let dx = if input { out.next() } else { None };
+    let (dgamma, dbeta) = if parameters {
+        (out.next(), out.next())
+    } else {
+        (None, None)
+    };
+    [dx, dgamma, dbeta]
+}
