@@ -8,6 +8,8 @@
 pub mod backend;
 pub mod error;
 pub mod fetch;
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+mod fusion_op;
 pub mod model;
 pub mod tokenize;
 pub mod train;

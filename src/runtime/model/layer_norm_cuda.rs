@@ -29,18 +29,12 @@ use burn::backend::Cuda;
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, TensorMetadata};
-use burn_cubecl::tensor::CubeTensor;
-use burn_fusion::stream::{Operation, OperationStreams};
-use burn_fusion::{FusionBackend, FusionTensor};
-use burn_ir::{BackendIr, CustomOpIr, HandleContainer, OperationIr, TensorIr};
+use burn_fusion::stream::Operation;
+use burn_ir::{BackendIr, CustomOpIr, HandleContainer};
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use crate::runtime::backend::same_type;
-
-type Runtime = cubecl::cuda::CudaRuntime;
-/// The backend burn's CUDA backend fuses over.
-type Inner = burn_cubecl::CubeBackend<Runtime, f32, i32, u8>;
-type Fused = FusionTensor<<Inner as FusionBackend>::FusionRuntime>;
+use crate::runtime::fusion_op::{Fused, FusionRuntime, Inner, contiguous, empty_f32, register};
 
 /// Lanes of a warp: one row's share each.
 const LANES: u32 = 32;
@@ -233,27 +227,6 @@ fn back<I: Backend>(t: Fused) -> FloatTensor<I> {
     same_type(t)
 }
 
-/// `t` as a contiguous cubecl tensor.
-fn contiguous(t: CubeTensor<Runtime>) -> CubeTensor<Runtime> {
-    if t.is_contiguous() {
-        t
-    } else {
-        burn_cubecl::kernel::into_contiguous(t)
-    }
-}
-
-/// A new f32 tensor on `like`'s device.
-fn empty(like: &CubeTensor<Runtime>, shape: Shape) -> CubeTensor<Runtime> {
-    let handle = like.client.empty(shape.num_elements() * 4);
-    CubeTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        shape,
-        handle,
-        DType::F32,
-    )
-}
-
 fn row_cubes(rows: usize) -> CubeCount {
     CubeCount::Static((rows as u32).div_ceil(ROWS_PER_CUBE), 1, 1)
 }
@@ -265,16 +238,16 @@ struct Forward {
     epsilon: f32,
 }
 
-impl Operation<<Inner as FusionBackend>::FusionRuntime> for Forward {
+impl Operation<FusionRuntime> for Forward {
     fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
         let [x, gamma, beta] =
             [0, 1, 2].map(|k| contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[k])));
         let shape = x.meta.shape().clone();
         let width = shape[shape.num_dims() - 1];
         let rows = shape.num_elements() / width;
-        let y = empty(&x, shape.clone());
-        let normalized = empty(&x, shape);
-        let deviation = empty(&x, self.desc.outputs[2].shape.clone());
+        let y = empty_f32(&x, shape.clone());
+        let normalized = empty_f32(&x, shape);
+        let deviation = empty_f32(&x, self.desc.outputs[2].shape.clone());
         // SAFETY: `row < rows` and `i < width` bound every index: x, y and
         // normalized hold rows × width values, γ and β width, deviation rows.
         unsafe {
@@ -298,24 +271,6 @@ impl Operation<<Inner as FusionBackend>::FusionRuntime> for Forward {
             handles.register_float_tensor::<Inner>(&ir.id, t);
         }
     }
-}
-
-/// Registers one custom operation and returns its outputs.
-fn register<O: Operation<<Inner as FusionBackend>::FusionRuntime> + 'static>(
-    name: &'static str,
-    inputs: Vec<Fused>,
-    shapes: Vec<Shape>,
-    op: impl FnOnce(CustomOpIr) -> O,
-) -> Vec<Fused> {
-    let client = inputs[0].client.clone();
-    let streams = OperationStreams::with_inputs(&inputs);
-    let outputs: Vec<TensorIr> = shapes
-        .into_iter()
-        .map(|s| TensorIr::uninit(client.create_empty_handle(), s, DType::F32))
-        .collect();
-    let irs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
-    let desc = CustomOpIr::new(name, &irs, &outputs);
-    client.register(streams, OperationIr::Custom(desc.clone()), op(desc))
 }
 
 /// `[normalized, deviation, y]` for `x` over its last dimension; the
@@ -353,7 +308,7 @@ struct Backward {
     parameters: bool,
 }
 
-impl Operation<<Inner as FusionBackend>::FusionRuntime> for Backward {
+impl Operation<FusionRuntime> for Backward {
     fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
         let [grad, normalized, deviation, gamma] = [0, 1, 2, 3]
             .map(|k| contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[k])));
@@ -362,7 +317,7 @@ impl Operation<<Inner as FusionBackend>::FusionRuntime> for Backward {
         let rows = shape.num_elements() / width;
         let mut outputs = Vec::new();
         if self.input {
-            let dx = empty(&grad, shape.clone());
+            let dx = empty_f32(&grad, shape.clone());
             // SAFETY: `row < rows` and `i < width` bound every index, as in
             // the forward pass.
             unsafe {
@@ -384,9 +339,9 @@ impl Operation<<Inner as FusionBackend>::FusionRuntime> for Backward {
         }
         if self.parameters {
             let chunks = rows.div_ceil(CHUNK_ROWS);
-            let partials = empty(&grad, Shape::new([2 * chunks * width]));
-            let dgamma = empty(&grad, Shape::new([width]));
-            let dbeta = empty(&grad, Shape::new([width]));
+            let partials = empty_f32(&grad, Shape::new([2 * chunks * width]));
+            let dgamma = empty_f32(&grad, Shape::new([width]));
+            let dbeta = empty_f32(&grad, Shape::new([width]));
             // SAFETY: `column < width`, `chunk < chunks` (the launch's y
             // count) and `r < rows` bound every index; partials hold
             // 2 × chunks × width values.

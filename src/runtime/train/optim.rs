@@ -508,20 +508,17 @@ mod multi {
     use burn::backend::Cuda;
     use burn::prelude::*;
     use burn::tensor::ops::FloatTensorOps;
-    use burn::tensor::{DType, Scalar, Shape};
+    use burn::tensor::{Scalar, Shape};
     use burn_cubecl::tensor::CubeTensor;
-    use burn_fusion::stream::{Operation, OperationStreams};
-    use burn_fusion::{FusionBackend, FusionTensor};
-    use burn_ir::{BackendIr, CustomOpIr, HandleContainer, OperationIr, TensorIr};
+    use burn_fusion::stream::Operation;
+    use burn_ir::{BackendIr, CustomOpIr, HandleContainer};
     use cubecl::prelude::{Array, CubeCount, CubeDim, SequenceArg};
 
     use super::{Flat, Hyper};
     use crate::runtime::backend::same_type;
-
-    type Runtime = cubecl::cuda::CudaRuntime;
-    /// The backend burn's CUDA backend fuses over.
-    type Inner = burn_cubecl::CubeBackend<Runtime, f32, i32, u8>;
-    type Fused = FusionTensor<<Inner as FusionBackend>::FusionRuntime>;
+    use crate::runtime::fusion_op::{
+        Fused, FusionRuntime, Inner, Runtime, contiguous, empty_f32, register,
+    };
 
     /// Gradients per kernel launch. Each launch compiles one kernel per
     /// count of gradients it reads (1 to 8).
@@ -651,7 +648,7 @@ mod multi {
         out
     }
 
-    impl Operation<<Inner as FusionBackend>::FusionRuntime> for Step {
+    impl Operation<FusionRuntime> for Step {
         fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
             let mut inputs = self
                 .desc
@@ -672,31 +669,14 @@ mod multi {
                     buffers[group] = Some([own(), own(), own()]);
                 }
             }
-            let grads: Vec<CubeTensor<Runtime>> = inputs
-                .map(|g| {
-                    if g.is_contiguous() {
-                        g
-                    } else {
-                        burn_cubecl::kernel::into_contiguous(g)
-                    }
-                })
-                .collect();
+            let grads: Vec<CubeTensor<Runtime>> = inputs.map(contiguous).collect();
             let lens: Vec<usize> = grads.iter().map(|g| g.meta.num_elements()).collect();
             let plan = launches(&self.placed, &lens);
-            let first = &grads[0];
-            let client = first.client.clone();
-            let device = first.device.clone();
+            let client = grads[0].client.clone();
 
             // The norm: partial sums, then their sum.
             let total: usize = plan.iter().map(|(_, _, threads)| threads).sum();
-            let handle = client.empty(total * 4);
-            let partials = CubeTensor::new_contiguous(
-                client.clone(),
-                device.clone(),
-                Shape::new([total]),
-                handle,
-                DType::F32,
-            );
+            let partials = empty_f32(&grads[0], Shape::new([total]));
             let mut base = 0;
             for (_, members, threads) in &plan {
                 let mut seq = SequenceArg::<Runtime, Array<f32>>::new();
@@ -814,35 +794,25 @@ mod multi {
         }
         let (places, grads): (Vec<(usize, usize)>, Vec<Tensor<B, 1>>) = placed.into_iter().unzip();
         inputs.extend(grads.into_iter().map(fused));
-        let client = inputs[0].client.clone();
-        let streams = OperationStreams::with_inputs(&inputs);
-        let mut outputs: Vec<TensorIr> = lens
+        let mut shapes: Vec<Shape> = lens
             .iter()
             .flat_map(|&n| [n, n, n])
-            .map(|n| TensorIr::uninit(client.create_empty_handle(), Shape::new([n]), DType::F32))
+            .map(|n| Shape::new([n]))
             .collect();
-        outputs.push(TensorIr::uninit(
-            client.create_empty_handle(),
-            Shape::new([1]),
-            DType::F32,
-        ));
-        let irs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
-        let desc = CustomOpIr::new("ftl_adamw_step", &irs, &outputs);
-        let op = Step {
-            desc: desc.clone(),
+        shapes.push(Shape::new([1]));
+        let mut out = register("ftl_adamw_step", inputs, shapes, |desc| Step {
+            desc,
             groups,
             placed: places,
             hyper,
             clip,
-        };
-        let mut out = client
-            .register(streams, OperationIr::Custom(desc), op)
-            .into_iter()
-            .map(|t| {
-                let t: Tensor<Cuda, 1> =
-                    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(t));
-                same_type::<_, Tensor<B, 1>>(t)
-            });
+        })
+        .into_iter()
+        .map(|t| {
+            let t: Tensor<Cuda, 1> =
+                Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(t));
+            same_type::<_, Tensor<B, 1>>(t)
+        });
         let mut next = || out.next().expect("an output per buffer, and the norm");
         let flat = groups.map(|present| {
             present.then(|| Flat {

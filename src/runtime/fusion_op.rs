@@ -1,0 +1,59 @@
+//! What ftl's own CUDA operations share: each is one custom operation of
+//! burn's fusion stream whose kernels run on the cubecl tensors under it
+//! (the optimizer step, `train::optim`; LayerNorm, `model::layer_norm_cuda`).
+
+use burn::tensor::{DType, Shape};
+use burn_cubecl::tensor::CubeTensor;
+use burn_fusion::stream::{Operation, OperationStreams};
+use burn_fusion::{FusionBackend, FusionTensor};
+use burn_ir::{CustomOpIr, OperationIr, TensorIr};
+
+/// cubecl's CUDA runtime.
+pub(crate) type Runtime = cubecl::cuda::CudaRuntime;
+/// The backend burn's CUDA backend fuses over.
+pub(crate) type Inner = burn_cubecl::CubeBackend<Runtime, f32, i32, u8>;
+/// The fusion stream's runtime.
+pub(crate) type FusionRuntime = <Inner as FusionBackend>::FusionRuntime;
+/// A tensor of burn's fused CUDA backend.
+pub(crate) type Fused = FusionTensor<FusionRuntime>;
+
+/// `t` as a contiguous tensor: itself when it is one.
+pub(crate) fn contiguous(t: CubeTensor<Runtime>) -> CubeTensor<Runtime> {
+    if t.is_contiguous() {
+        t
+    } else {
+        burn_cubecl::kernel::into_contiguous(t)
+    }
+}
+
+/// A new, uninitialised f32 tensor on `like`'s device.
+pub(crate) fn empty_f32(like: &CubeTensor<Runtime>, shape: Shape) -> CubeTensor<Runtime> {
+    let handle = like.client.empty(shape.num_elements() * 4);
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        handle,
+        DType::F32,
+    )
+}
+
+/// Registers the operation `op` makes from its description, named `name`,
+/// reading `inputs` and writing one f32 tensor of each shape in `outputs`,
+/// and returns those tensors.
+pub(crate) fn register<O: Operation<FusionRuntime> + 'static>(
+    name: &'static str,
+    inputs: Vec<Fused>,
+    outputs: Vec<Shape>,
+    op: impl FnOnce(CustomOpIr) -> O,
+) -> Vec<Fused> {
+    let client = inputs[0].client.clone();
+    let streams = OperationStreams::with_inputs(&inputs);
+    let outputs: Vec<TensorIr> = outputs
+        .into_iter()
+        .map(|s| TensorIr::uninit(client.create_empty_handle(), s, DType::F32))
+        .collect();
+    let irs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
+    let desc = CustomOpIr::new(name, &irs, &outputs);
+    client.register(streams, OperationIr::Custom(desc.clone()), op(desc))
+}
