@@ -13,9 +13,19 @@
 //!   backward pass will read), per head, query and key, for both;
 //! - the milliseconds of one forward and backward pass, for both.
 //!
-//! It exits 1 when an output differs by more than 1e-5 or a gradient by more
-//! than 1e-4 (f32) or 3e-2 (bf16). ftl's kernel cache and shipped tuning are
-//! used as `ftl run` uses them.
+//! On burn's fused CUDA backend ftl's operation runs its softmax as ftl's
+//! own kernels (`src/runtime/model/softmax_cuda.rs`), so there the check
+//! compares those kernels with burn's composition.
+//!
+//! It exits 1 when an output differs by more than 1e-4 (f32) or 8e-3 (bf16:
+//! two of its rounding steps, where a probability rounds the other way) or a
+//! gradient by more than 1e-4 (f32) or 3e-2 (bf16). On CUDA it also prints
+//! how far burn's composition on the fused backend is from the same
+//! composition on the unfused one: the scale of the differences that come
+//! from the backend (the products' kernels, which fusion picks by tuning),
+//! not from either computation. A case where burn's
+//! composition itself is not finite is reported and not compared. ftl's
+//! kernel cache and shipped tuning are used as `ftl run` uses them.
 //!
 //! `cargo run --release --example attention_check`
 
@@ -172,8 +182,14 @@ fn run<I: Backend>(
     }
 }
 
-/// Checks every case on one backend; false when one fails.
-fn check<I: Backend>(name: &str, device: &I::Device, memory: &dyn Fn() -> Option<u64>) -> bool {
+/// Checks every case on one backend; false when one fails. Also returns
+/// burn's composition's output in each case.
+fn check<I: Backend>(
+    name: &str,
+    device: &I::Device,
+    memory: &dyn Fn() -> Option<u64>,
+) -> (bool, Vec<Vec<f32>>) {
+    let mut outputs = Vec::new();
     let mut ok = true;
     let scores = (B * H * S * S) as f64;
     let cases = [
@@ -185,13 +201,7 @@ fn check<I: Backend>(name: &str, device: &I::Device, memory: &dyn Fn() -> Option
         for trained_bias in [false, true] {
             let ours = run::<I>(op, device, half, trained_bias, memory);
             let burns = run::<I>(composed, device, half, trained_bias, memory);
-            let largest = burns.out.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let out_diff = ours
-                .out
-                .iter()
-                .zip(&burns.out)
-                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()))
-                / largest;
+            let out_diff = relative_difference(&ours.out, &burns.out);
             let grad_errors: Vec<f32> = ours
                 .grads
                 .iter()
@@ -203,8 +213,14 @@ fn check<I: Backend>(name: &str, device: &I::Device, memory: &dyn Fn() -> Option
                 })
                 .collect();
             let tolerance = if half { 3e-2 } else { 1e-4 };
-            let pass = out_diff <= 1e-5 && grad_errors.iter().all(|e| *e <= tolerance);
-            ok &= pass;
+            let out_tolerance = if half { 8e-3 } else { 1e-4 };
+            let burns_finite = burns
+                .out
+                .iter()
+                .chain(burns.grads.iter().flatten())
+                .all(|v| v.is_finite());
+            let pass = out_diff <= out_tolerance && grad_errors.iter().all(|e| *e <= tolerance);
+            ok &= pass || !burns_finite;
             let kept = match (ours.kept, burns.kept) {
                 (Some(a), Some(b)) => format!(
                     ", kept per score {:.2} against {:.2} bytes",
@@ -224,11 +240,28 @@ fn check<I: Backend>(name: &str, device: &I::Device, memory: &dyn Fn() -> Option
                     .join(" "),
                 ours.ms,
                 burns.ms,
-                if pass { "ok" } else { "FAILED" }
+                if !burns_finite {
+                    "burn's composition is not finite, not compared"
+                } else if pass {
+                    "ok"
+                } else {
+                    "FAILED"
+                }
             );
+            outputs.push(burns.out);
         }
     }
-    ok
+    (ok, outputs)
+}
+
+/// The largest difference between two outputs, relative to the second's
+/// largest value.
+fn relative_difference(a: &[f32], b: &[f32]) -> f32 {
+    let largest = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+        / largest
 }
 
 fn main() {
@@ -239,14 +272,23 @@ fn main() {
             configure_cubecl(0);
             let device = burn::backend::cuda::CudaDevice::new(0);
             let memory = || cuda_memory_in_use(&burn::backend::cuda::CudaDevice::new(0));
-            let fused = check::<Gpu>("cuda", &device, &memory);
+            let (fused, on_fused) = check::<Gpu>("cuda", &device, &memory);
             type Unfused = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
-            let unfused = check::<Unfused>("cuda-unfused", &device, &memory);
+            let (unfused, on_unfused) = check::<Unfused>("cuda-unfused", &device, &memory);
+            let differences: Vec<String> = on_fused
+                .iter()
+                .zip(&on_unfused)
+                .map(|(a, b)| format!("{:.1e}", relative_difference(a, b)))
+                .collect();
+            println!(
+                "burn's composition, fused against unfused, output per case: {}",
+                differences.join(" ")
+            );
             std::process::exit(if fused && unfused { 0 } else { 1 });
         }
     }
     println!("no CUDA driver: the check runs on the CPU");
-    let ok =
+    let (ok, _) =
         check::<ftl::runtime::backend::Cpu>("cpu", &ftl::runtime::backend::cpu_device(), &|| None);
     std::process::exit(if ok { 0 } else { 1 });
 }

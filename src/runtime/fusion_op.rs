@@ -1,6 +1,7 @@
 //! What ftl's own CUDA operations share: each is one custom operation of
 //! burn's fusion stream whose kernels run on the cubecl tensors under it
-//! (the optimizer step, `train::optim`; LayerNorm, `model::layer_norm_cuda`).
+//! (the optimizer step, `train::optim`; LayerNorm, `model::layer_norm_cuda`;
+//! attention's softmax, `model::softmax_cuda`).
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::tensor::CubeTensor;
@@ -28,13 +29,18 @@ pub(crate) fn contiguous(t: CubeTensor<Runtime>) -> CubeTensor<Runtime> {
 
 /// A new, uninitialised f32 tensor on `like`'s device.
 pub(crate) fn empty_f32(like: &CubeTensor<Runtime>, shape: Shape) -> CubeTensor<Runtime> {
-    let handle = like.client.empty(shape.num_elements() * 4);
+    empty(like, shape, DType::F32)
+}
+
+/// A new, uninitialised tensor of `dtype` on `like`'s device.
+pub(crate) fn empty(like: &CubeTensor<Runtime>, shape: Shape, dtype: DType) -> CubeTensor<Runtime> {
+    let handle = like.client.empty(shape.num_elements() * dtype.size());
     CubeTensor::new_contiguous(
         like.client.clone(),
         like.device.clone(),
         shape,
         handle,
-        DType::F32,
+        dtype,
     )
 }
 
@@ -47,11 +53,22 @@ pub(crate) fn register<O: Operation<FusionRuntime> + 'static>(
     outputs: Vec<Shape>,
     op: impl FnOnce(CustomOpIr) -> O,
 ) -> Vec<Fused> {
+    let outputs = outputs.into_iter().map(|s| (s, DType::F32)).collect();
+    register_typed(name, inputs, outputs, op)
+}
+
+/// [`register`] with each output's dtype given.
+pub(crate) fn register_typed<O: Operation<FusionRuntime> + 'static>(
+    name: &'static str,
+    inputs: Vec<Fused>,
+    outputs: Vec<(Shape, DType)>,
+    op: impl FnOnce(CustomOpIr) -> O,
+) -> Vec<Fused> {
     let client = inputs[0].client.clone();
     let streams = OperationStreams::with_inputs(&inputs);
     let outputs: Vec<TensorIr> = outputs
         .into_iter()
-        .map(|s| TensorIr::uninit(client.create_empty_handle(), s, DType::F32))
+        .map(|(s, dtype)| TensorIr::uninit(client.create_empty_handle(), s, dtype))
         .collect();
     let irs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
     let desc = CustomOpIr::new(name, &irs, &outputs);

@@ -26,6 +26,13 @@
 //! softmax per layer in the backward pass. Under bf16 products the backward
 //! pass multiplies in f32 (see [`HalfBackward`] for why).
 //!
+//! On burn's fused CUDA backend the softmax with its scale, bias and
+//! dropout runs as ftl's own kernels ([`super::softmax_cuda`]): one
+//! operation of the fusion stream in the forward pass, and one in the
+//! backward pass that gives ∂S/√d and the dropped probabilities for ∂V
+//! together. Elsewhere (the CPU, the unfused build) it is the composition
+//! below, operation by operation.
+//!
 //! Other backends (inference, the inner backend of evaluation) run the
 //! composition as it is: nothing is kept there.
 
@@ -38,7 +45,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::*;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{FloatDType, TensorMetadata, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, TensorMetadata, TensorPrimitive};
 
 use crate::runtime::backend::{Cpu, same_type};
 use crate::runtime::model::dropout::Dropout;
@@ -171,8 +178,7 @@ pub fn own_backward<I: Backend>(
         half,
         products,
     };
-    let probs = probabilities::<I>(&state);
-    let context = product::<I>(&state, probs);
+    let context = I::float_matmul(dropped_probabilities::<I>(&state), state.v.clone());
     let out = match AttentionBackward
         .prepare::<NoCheckpointing>(nodes)
         .compute_bound()
@@ -204,11 +210,32 @@ struct State<I: Backend> {
     products: HalfBackward,
 }
 
+/// `QKᵀ`, in the products' dtype.
+fn scores<I: Backend>(s: &State<I>) -> FloatTensor<I> {
+    I::float_matmul(s.q.clone(), I::float_swap_dims(s.k.clone(), 2, 3))
+}
+
+/// √d, which the scores are divided by.
+fn root<I: Backend>(s: &State<I>) -> f64 {
+    (s.q.shape()[3] as f64).sqrt()
+}
+
+/// The products' dtype.
+fn product_dtype<I: Backend>(s: &State<I>) -> DType {
+    if s.half { DType::BF16 } else { DType::F32 }
+}
+
+/// The dropout's mask and keep probability, as ftl's kernels take them.
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+fn kernel_mask<I: Backend>(s: &State<I>) -> super::softmax_cuda::Mask<I> {
+    s.dropped.as_ref().map(|d| (d.mask.clone(), d.keep))
+}
+
 /// `softmax(QKᵀ/√d + bias)` in f32, with the operations (and so the
 /// values) of burn's composition.
-fn probabilities<I: Backend>(s: &State<I>) -> FloatTensor<I> {
-    let root = (s.q.shape()[3] as f64).sqrt();
-    let mut scores = I::float_matmul(s.q.clone(), I::float_swap_dims(s.k.clone(), 2, 3));
+fn probabilities<I: Backend>(s: &State<I>, scores: FloatTensor<I>) -> FloatTensor<I> {
+    let root = root::<I>(s);
+    let mut scores = scores;
     if s.half {
         scores = I::float_cast(scores, FloatDType::F32);
     }
@@ -230,19 +257,31 @@ fn apply_dropout<I: Backend>(t: FloatTensor<I>, dropped: &Option<Dropped<I>>) ->
     }
 }
 
-/// The dropped probabilities in the products' dtype.
-fn dropped_probabilities<I: Backend>(s: &State<I>, probs: FloatTensor<I>) -> FloatTensor<I> {
-    let probs = apply_dropout::<I>(probs, &s.dropped);
-    if s.half {
-        I::float_cast(probs, FloatDType::BF16)
-    } else {
-        probs
+/// The dropped probabilities in the products' dtype: by ftl's CUDA kernel
+/// where it applies ([`super::softmax_cuda`]), else by the composition.
+fn dropped_probabilities<I: Backend>(s: &State<I>) -> FloatTensor<I> {
+    let scores = scores::<I>(s);
+    #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+    if super::softmax_cuda::applies::<I>(&scores, &s.bias) {
+        return super::softmax_cuda::forward::<I>(
+            scores,
+            s.bias.clone(),
+            &kernel_mask::<I>(s),
+            root::<I>(s),
+            product_dtype::<I>(s),
+        );
     }
+    let probs = probabilities::<I>(s, scores);
+    to_product_dtype::<I>(s, apply_dropout::<I>(probs, &s.dropped))
 }
 
-/// `dropout(P) · V`.
-fn product<I: Backend>(s: &State<I>, probs: FloatTensor<I>) -> FloatTensor<I> {
-    I::float_matmul(dropped_probabilities::<I>(s, probs), s.v.clone())
+/// `t` (f32) in the products' dtype.
+fn to_product_dtype<I: Backend>(s: &State<I>, t: FloatTensor<I>) -> FloatTensor<I> {
+    if s.half {
+        I::float_cast(t, FloatDType::BF16)
+    } else {
+        t
+    }
 }
 
 /// `grad` summed over the dimensions where `shape` is 1.
@@ -266,33 +305,70 @@ impl<I: Backend> Backward<I, 4> for AttentionBackward {
         let s = ops.state;
         let [q_node, k_node, v_node, bias_node] = ops.parents;
         let grad = grads.consume::<I>(&ops.node);
-        let probs = probabilities::<I>(&s);
-        if let Some(node) = v_node {
-            let dropped = dropped_probabilities::<I>(&s, probs.clone());
-            let dv = I::float_matmul(I::float_swap_dims(dropped, 2, 3), grad.clone());
-            grads.register::<I>(node.id, dv);
-        }
+        let dv = |grads: &mut Gradients, dropped: FloatTensor<I>, grad: FloatTensor<I>| {
+            if let Some(node) = &v_node {
+                let dv = I::float_matmul(I::float_swap_dims(dropped, 2, 3), grad);
+                grads.register::<I>(node.id, dv);
+            }
+        };
         if q_node.is_none() && k_node.is_none() && bias_node.is_none() {
+            dv(grads, dropped_probabilities::<I>(&s), grad);
             return;
         }
         let f32_products = s.half && s.products == HalfBackward::F32;
         let full = |t: FloatTensor<I>| I::float_cast(t, FloatDType::F32);
         let d_dropped = if f32_products {
-            I::float_matmul(full(grad), I::float_swap_dims(full(s.v.clone()), 2, 3))
+            I::float_matmul(
+                full(grad.clone()),
+                I::float_swap_dims(full(s.v.clone()), 2, 3),
+            )
         } else if s.half {
-            full(I::float_matmul(grad, I::float_swap_dims(s.v.clone(), 2, 3)))
+            full(I::float_matmul(
+                grad.clone(),
+                I::float_swap_dims(s.v.clone(), 2, 3),
+            ))
         } else {
-            I::float_matmul(grad, I::float_swap_dims(s.v.clone(), 2, 3))
+            I::float_matmul(grad.clone(), I::float_swap_dims(s.v.clone(), 2, 3))
         };
-        let d_probs = apply_dropout::<I>(d_dropped, &s.dropped);
-        let row = I::float_sum_dim(I::float_mul(d_probs.clone(), probs.clone()), 3);
-        let d_scores = I::float_mul(probs, I::float_sub(d_probs, row));
-        if let Some(node) = bias_node {
-            let shape = s.bias.shape();
-            grads.register::<I>(node.id, sum_to::<I>(d_scores.clone(), &shape));
+        let root = root::<I>(&s);
+        let scores = scores::<I>(&s);
+        let mut d_scores = None;
+        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+        if super::softmax_cuda::applies::<I>(&scores, &s.bias) {
+            // One kernel: ∂S/√d, and the dropped probabilities for ∂V.
+            let (scaled, dropped) = super::softmax_cuda::backward::<I>(
+                scores.clone(),
+                s.bias.clone(),
+                &kernel_mask::<I>(&s),
+                d_dropped.clone(),
+                root,
+                v_node.is_some().then(|| product_dtype::<I>(&s)),
+            );
+            if let Some(dropped) = dropped {
+                dv(grads, dropped, grad.clone());
+            }
+            if let Some(node) = &bias_node {
+                let unscaled = I::float_mul_scalar(scaled.clone(), root.into());
+                grads.register::<I>(node.id, sum_to::<I>(unscaled, &s.bias.shape()));
+            }
+            d_scores = Some(scaled);
         }
-        let root = (s.q.shape()[3] as f64).sqrt();
-        let mut d_scores = I::float_div_scalar(d_scores, root.into());
+        let mut d_scores = match d_scores {
+            Some(scaled) => scaled,
+            None => {
+                let probs = probabilities::<I>(&s, scores);
+                let dropped = apply_dropout::<I>(probs.clone(), &s.dropped);
+                dv(grads, to_product_dtype::<I>(&s, dropped), grad);
+                let d_probs = apply_dropout::<I>(d_dropped, &s.dropped);
+                let row = I::float_sum_dim(I::float_mul(d_probs.clone(), probs.clone()), 3);
+                let d_scores = I::float_mul(probs, I::float_sub(d_probs, row));
+                if let Some(node) = &bias_node {
+                    let shape = s.bias.shape();
+                    grads.register::<I>(node.id, sum_to::<I>(d_scores.clone(), &shape));
+                }
+                I::float_div_scalar(d_scores, root.into())
+            }
+        };
         // The products' inputs in the dtype they run in, and their results
         // back in the inputs' dtype.
         let (q, k) = if f32_products {

@@ -14,6 +14,7 @@
 //! | `head.rs` | pooling and [`ClassificationHead`] |
 //! | `loader.rs` | safetensors → [`Encoder`], with the upstream key table |
 //! | `projection.rs` | [`Projection`]: a linear layer, dense or packed in 4/8 bits, with an optional LoRA adapter |
+//! | `softmax_cuda.rs` | attention's softmax, with its scale, bias and dropout, as ftl's own CUDA kernels |
 //! | `classifier.rs` | [`Classifier`]: encoder + head, and how a method prepares it for training |
 
 pub mod attention;
@@ -31,6 +32,8 @@ pub mod layer_norm;
 mod layer_norm_cuda;
 pub mod loader;
 pub mod projection;
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+mod softmax_cuda;
 
 pub use classifier::Classifier;
 pub use config::{Architecture, EncoderConfig};

@@ -1,0 +1,488 @@
+//! Attention's softmax, with its scale, bias and dropout, as ftl's own CUDA
+//! kernels: one operation of burn's fusion stream for the forward pass and
+//! one for the backward pass.
+//!
+//! In [`super::attention_core`]'s composition the forward pass registers
+//! eleven tensor operations (the scores' cast to f32, the scale, the bias,
+//! the row maximum, the shift, `exp`, the row sum, the division, the
+//! dropout's fill and scale, the cast for the second product), two of them
+//! row reductions that end a fused block. The backward pass computes the
+//! probabilities again (the same eleven) and then six more for the scores'
+//! gradient, one of them a row reduction. Every operation costs burn's
+//! fusion thread time, and that thread bounds a training step on CUDA
+//! (BENCHMARKS.md, "Where the host time goes"). Here each pass is one
+//! operation and one kernel, computing the same formulas in f32:
+//!
+//! ```text
+//! forward:   s = f32(QKᵀ)/√d + bias    P = softmax(s)    Pᵈ = P ⊙ M / keep (in the products' dtype)
+//! backward:  ∂P = ∂Pᵈ ⊙ M / keep    ∂S/√d = P ⊙ (∂P − Σⱼ ∂P ⊙ P) / √d,   and Pᵈ again for ∂V
+//! ```
+//!
+//! One warp handles one row of scores (a query's keys): each lane takes a
+//! strided share, `plane_max` and `plane_sum` combine the shares. The bias
+//! is read through its strides, so BERT's padding bias, broadcast over heads
+//! and queries, is never materialised.
+//!
+//! [`applies`] says when they are used: on burn's fused CUDA backend, with
+//! the scores in f32 or bf16 and the bias in f32. `bench/attention_check.rs`
+//! checks them against burn's composition on the same GPU.
+
+use std::any::TypeId;
+
+use burn::backend::Cuda;
+use burn::prelude::*;
+use burn::tensor::ops::{BoolTensor, FloatTensor};
+use burn::tensor::{DType, Shape, TensorMetadata};
+use burn_fusion::stream::Operation;
+use burn_ir::{BackendIr, CustomOpIr, HandleContainer};
+use cubecl::prelude::{CubeCount, CubeDim};
+
+use crate::runtime::backend::same_type;
+use crate::runtime::fusion_op::{
+    Fused, FusionRuntime, Inner, Runtime, contiguous, empty, register_typed,
+};
+
+/// Lanes of a warp: one row's share each.
+const LANES: u32 = 32;
+/// Rows (warps) per cube.
+const ROWS_PER_CUBE: u32 = 8;
+
+mod kernels {
+    use cubecl::prelude::*;
+
+    /// Where row `row`'s bias starts: the row is (batch, head, query) of
+    /// `[batch, heads, queries, keys]` scores.
+    #[cube]
+    fn bias_start(
+        row: usize,
+        heads: usize,
+        queries: usize,
+        bias_batch: usize,
+        bias_head: usize,
+        bias_query: usize,
+    ) -> usize {
+        let query = row % queries;
+        let rest = row / queries;
+        let head = rest % heads;
+        let batch = rest / heads;
+        batch * bias_batch + head * bias_head + query * bias_query
+    }
+
+    /// One row per warp: the dropped probabilities, in `O`.
+    #[allow(clippy::too_many_arguments)]
+    #[cube(launch_unchecked)]
+    pub(super) fn forward<F: Float, O: Float, M: Int>(
+        scores: &Array<F>,
+        bias: &Array<f32>,
+        mask: &Array<M>,
+        out: &mut Array<O>,
+        rows: usize,
+        keys: usize,
+        heads: usize,
+        queries: usize,
+        bias_batch: usize,
+        bias_head: usize,
+        bias_query: usize,
+        bias_key: usize,
+        root: f32,
+        inv_keep: f32,
+        lowest: f32,
+        #[comptime] dropout: bool,
+        #[define(F, O, M)] _dtypes: [StorageType; 3],
+    ) {
+        let row = CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+        if row < rows {
+            let lane = UNIT_POS_X as usize;
+            let lanes = CUBE_DIM_X as usize;
+            let start = row * keys;
+            let at = bias_start(row, heads, queries, bias_batch, bias_head, bias_query);
+            let mut max = lowest;
+            let mut i = lane;
+            loop {
+                if i >= keys {
+                    break;
+                }
+                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
+                max = select(s > max, s, max);
+                i += lanes;
+            }
+            let max = plane_max(max);
+            let mut sum = f32::new(0.0);
+            i = lane;
+            loop {
+                if i >= keys {
+                    break;
+                }
+                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
+                sum += f32::exp(s - max);
+                i += lanes;
+            }
+            let sum = plane_sum(sum);
+            i = lane;
+            loop {
+                if i >= keys {
+                    break;
+                }
+                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
+                let p = f32::exp(s - max) / sum;
+                if dropout {
+                    let dropped = u32::cast_from(mask[start + i]) != 0;
+                    out[start + i] = O::cast_from(select(dropped, f32::new(0.0), p * inv_keep));
+                } else {
+                    out[start + i] = O::cast_from(p);
+                }
+                i += lanes;
+            }
+        }
+    }
+
+    /// One row per warp: the scores' gradient over √d, from the dropped
+    /// probabilities' gradient, and (with `probabilities`) the dropped
+    /// probabilities again, in `O`.
+    #[allow(clippy::too_many_arguments)]
+    #[cube(launch_unchecked)]
+    pub(super) fn backward<F: Float, O: Float, M: Int>(
+        scores: &Array<F>,
+        bias: &Array<f32>,
+        mask: &Array<M>,
+        d_dropped: &Array<f32>,
+        dropped: &mut Array<O>,
+        d_scores: &mut Array<f32>,
+        rows: usize,
+        keys: usize,
+        heads: usize,
+        queries: usize,
+        bias_batch: usize,
+        bias_head: usize,
+        bias_query: usize,
+        bias_key: usize,
+        root: f32,
+        inv_keep: f32,
+        lowest: f32,
+        #[comptime] dropout: bool,
+        #[comptime] probabilities: bool,
+        #[define(F, O, M)] _dtypes: [StorageType; 3],
+    ) {
+        let row = CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+        if row < rows {
+            let lane = UNIT_POS_X as usize;
+            let lanes = CUBE_DIM_X as usize;
+            let start = row * keys;
+            let at = bias_start(row, heads, queries, bias_batch, bias_head, bias_query);
+            let mut max = lowest;
+            let mut i = lane;
+            loop {
+                if i >= keys {
+                    break;
+                }
+                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
+                max = select(s > max, s, max);
+                i += lanes;
+            }
+            let max = plane_max(max);
+            let mut sum = f32::new(0.0);
+            i = lane;
+            loop {
+                if i >= keys {
+                    break;
+                }
+                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
+                sum += f32::exp(s - max);
+                i += lanes;
+            }
+            let sum = plane_sum(sum);
+            // Σⱼ ∂P ⊙ P, and the dropped probabilities on the way.
+            let mut dot = f32::new(0.0);
+            i = lane;
+            loop {
+                if i >= keys {
+                    break;
+                }
+                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
+                let p = f32::exp(s - max) / sum;
+                if dropout {
+                    let kept = u32::cast_from(mask[start + i]) == 0;
+                    let dp = select(kept, d_dropped[start + i] * inv_keep, f32::new(0.0));
+                    dot += dp * p;
+                    if probabilities {
+                        dropped[start + i] =
+                            O::cast_from(select(kept, p * inv_keep, f32::new(0.0)));
+                    }
+                } else {
+                    dot += d_dropped[start + i] * p;
+                    if probabilities {
+                        dropped[start + i] = O::cast_from(p);
+                    }
+                }
+                i += lanes;
+            }
+            let dot = plane_sum(dot);
+            i = lane;
+            loop {
+                if i >= keys {
+                    break;
+                }
+                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
+                let p = f32::exp(s - max) / sum;
+                let mut dp = d_dropped[start + i];
+                if dropout {
+                    let kept = u32::cast_from(mask[start + i]) == 0;
+                    dp = select(kept, dp * inv_keep, f32::new(0.0));
+                }
+                d_scores[start + i] = p * (dp - dot) / root;
+                i += lanes;
+            }
+        }
+    }
+}
+
+/// Whether the kernels take this softmax: `I` is burn's fused CUDA backend,
+/// the scores are f32 or bf16 and the bias f32.
+pub(crate) fn applies<I: Backend>(scores: &FloatTensor<I>, bias: &FloatTensor<I>) -> bool {
+    TypeId::of::<I>() == TypeId::of::<Cuda>()
+        && matches!(scores.dtype(), DType::F32 | DType::BF16)
+        && bias.dtype() == DType::F32
+}
+
+/// The dropout's mask (true where a value is dropped) and keep probability.
+pub(crate) type Mask<I> = Option<(BoolTensor<I>, f64)>;
+
+/// The settings every launch shares.
+#[derive(Debug, Clone, Copy)]
+struct Rows {
+    root: f32,
+    inv_keep: f32,
+    dropout: bool,
+}
+
+impl Rows {
+    fn new(root: f64, keep: Option<f64>) -> Self {
+        Rows {
+            root: root as f32,
+            inv_keep: keep.map_or(1.0, |k| (1.0 / k) as f32),
+            dropout: keep.is_some(),
+        }
+    }
+}
+
+/// The scores' layout, read from the tensors the operation received.
+struct Layout {
+    rows: usize,
+    keys: usize,
+    heads: usize,
+    queries: usize,
+    /// The bias's strides, 0 along the dimensions it is broadcast over.
+    bias: [usize; 4],
+}
+
+fn layout(
+    scores: &burn_cubecl::tensor::CubeTensor<Runtime>,
+    bias: &burn_cubecl::tensor::CubeTensor<Runtime>,
+) -> Layout {
+    let shape = scores.meta.shape();
+    let [batch, heads, queries, keys] = [shape[0], shape[1], shape[2], shape[3]];
+    let bias_shape = bias.meta.shape();
+    let strides = bias.meta.strides();
+    let stride = |d: usize| if bias_shape[d] == 1 { 0 } else { strides[d] };
+    Layout {
+        rows: batch * heads * queries,
+        keys,
+        heads,
+        queries,
+        bias: [stride(0), stride(1), stride(2), stride(3)],
+    }
+}
+
+fn row_cubes(rows: usize) -> CubeCount {
+    CubeCount::Static((rows as u32).div_ceil(ROWS_PER_CUBE), 1, 1)
+}
+
+/// The mask's tensor, or a one-byte stand-in that the kernels never read.
+fn mask_or_stand_in(
+    handles: &mut HandleContainer<<Inner as BackendIr>::Handle>,
+    desc: &CustomOpIr,
+    at: Option<usize>,
+    like: &burn_cubecl::tensor::CubeTensor<Runtime>,
+) -> burn_cubecl::tensor::CubeTensor<Runtime> {
+    match at {
+        Some(k) => contiguous(handles.get_bool_tensor::<Inner>(&desc.inputs[k])),
+        None => empty(like, Shape::new([1]), DType::U8),
+    }
+}
+
+#[derive(Debug)]
+struct Forward {
+    desc: CustomOpIr,
+    rows: Rows,
+    out: DType,
+}
+
+impl Operation<FusionRuntime> for Forward {
+    fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
+        let scores = contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[0]));
+        let bias = handles.get_float_tensor::<Inner>(&self.desc.inputs[1]);
+        let mask = mask_or_stand_in(handles, &self.desc, self.rows.dropout.then_some(2), &scores);
+        let l = layout(&scores, &bias);
+        let out = empty(&scores, scores.meta.shape().clone(), self.out);
+        let dtypes = [scores.dtype.into(), self.out.into(), mask.dtype.into()];
+        // SAFETY: `row < rows` and `i < keys` bound every index of the
+        // scores, the mask and the output (rows × keys values, contiguous);
+        // the bias is read through its own strides within its shape, which
+        // broadcasts to the scores'.
+        unsafe {
+            kernels::forward::launch_unchecked::<Runtime>(
+                &scores.client,
+                row_cubes(l.rows),
+                CubeDim::new_2d(LANES, ROWS_PER_CUBE),
+                scores.clone().into_array_arg(),
+                bias.into_array_arg(),
+                mask.into_array_arg(),
+                out.clone().into_array_arg(),
+                l.rows,
+                l.keys,
+                l.heads,
+                l.queries,
+                l.bias[0],
+                l.bias[1],
+                l.bias[2],
+                l.bias[3],
+                self.rows.root,
+                self.rows.inv_keep,
+                f32::NEG_INFINITY,
+                self.rows.dropout,
+                dtypes,
+            )
+        };
+        handles.register_float_tensor::<Inner>(&self.desc.outputs[0].id, out);
+    }
+}
+
+fn inputs<I: Backend>(
+    scores: FloatTensor<I>,
+    bias: FloatTensor<I>,
+    mask: &Mask<I>,
+) -> (Vec<Fused>, Option<f64>) {
+    let mut inputs: Vec<Fused> = vec![same_type(scores), same_type(bias)];
+    let keep = mask.as_ref().map(|(m, keep)| {
+        inputs.push(same_type(m.clone()));
+        *keep
+    });
+    (inputs, keep)
+}
+
+/// `dropout(softmax(scores / root + bias))` in `out` (the products'
+/// dtype), for `[batch, heads, queries, keys]` scores and a bias that
+/// broadcasts to them. Call only where [`applies`] said so.
+pub(crate) fn forward<I: Backend>(
+    scores: FloatTensor<I>,
+    bias: FloatTensor<I>,
+    mask: &Mask<I>,
+    root: f64,
+    out: DType,
+) -> FloatTensor<I> {
+    let shape = scores.shape();
+    let (inputs, keep) = inputs::<I>(scores, bias, mask);
+    let rows = Rows::new(root, keep);
+    let mut outputs = register_typed(
+        "ftl_attention_softmax",
+        inputs,
+        vec![(shape, out)],
+        |desc| Forward { desc, rows, out },
+    );
+    same_type(outputs.remove(0))
+}
+
+#[derive(Debug)]
+struct Backward {
+    desc: CustomOpIr,
+    rows: Rows,
+    /// The dtype of the dropped probabilities, when they are wanted too.
+    probabilities: Option<DType>,
+}
+
+impl Operation<FusionRuntime> for Backward {
+    fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
+        let get = |handles: &mut HandleContainer<_>, k: usize| {
+            contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[k]))
+        };
+        let scores = get(handles, 0);
+        let bias = handles.get_float_tensor::<Inner>(&self.desc.inputs[1]);
+        let mask = mask_or_stand_in(handles, &self.desc, self.rows.dropout.then_some(2), &scores);
+        let d_dropped = get(handles, if self.rows.dropout { 3 } else { 2 });
+        let l = layout(&scores, &bias);
+        let shape = scores.meta.shape().clone();
+        let d_scores = empty(&scores, shape.clone(), DType::F32);
+        let (dropped, out) = match self.probabilities {
+            Some(dtype) => (empty(&scores, shape, dtype), dtype),
+            None => (empty(&scores, Shape::new([1]), DType::F32), DType::F32),
+        };
+        let dtypes = [scores.dtype.into(), out.into(), mask.dtype.into()];
+        // SAFETY: as in the forward pass; `dropped` is written only when it
+        // holds rows × keys values (`probabilities`).
+        unsafe {
+            kernels::backward::launch_unchecked::<Runtime>(
+                &scores.client,
+                row_cubes(l.rows),
+                CubeDim::new_2d(LANES, ROWS_PER_CUBE),
+                scores.clone().into_array_arg(),
+                bias.into_array_arg(),
+                mask.into_array_arg(),
+                d_dropped.into_array_arg(),
+                dropped.clone().into_array_arg(),
+                d_scores.clone().into_array_arg(),
+                l.rows,
+                l.keys,
+                l.heads,
+                l.queries,
+                l.bias[0],
+                l.bias[1],
+                l.bias[2],
+                l.bias[3],
+                self.rows.root,
+                self.rows.inv_keep,
+                f32::NEG_INFINITY,
+                self.rows.dropout,
+                self.probabilities.is_some(),
+                dtypes,
+            )
+        };
+        let mut outputs = vec![d_scores];
+        if self.probabilities.is_some() {
+            outputs.push(dropped);
+        }
+        for (ir, t) in self.desc.outputs.iter().zip(outputs) {
+            handles.register_float_tensor::<Inner>(&ir.id, t);
+        }
+    }
+}
+
+/// `(∂S / root, Pᵈ)`: the gradient of the scaled scores from that of the
+/// dropped probabilities (f32), and with `probabilities` the dropped
+/// probabilities again in that dtype. Call only where [`applies`] said so.
+pub(crate) fn backward<I: Backend>(
+    scores: FloatTensor<I>,
+    bias: FloatTensor<I>,
+    mask: &Mask<I>,
+    d_dropped: FloatTensor<I>,
+    root: f64,
+    probabilities: Option<DType>,
+) -> (FloatTensor<I>, Option<FloatTensor<I>>) {
+    let shape = scores.shape();
+    let (mut inputs, keep) = inputs::<I>(scores, bias, mask);
+    inputs.push(same_type(d_dropped));
+    let rows = Rows::new(root, keep);
+    let mut outputs = vec![(shape.clone(), DType::F32)];
+    if let Some(dtype) = probabilities {
+        outputs.push((shape, dtype));
+    }
+    let mut out = register_typed("ftl_attention_softmax_backward", inputs, outputs, |desc| {
+        Backward {
+            desc,
+            rows,
+            probabilities,
+        }
+    })
+    .into_iter();
+    let d_scores = same_type(out.next().expect("the scores' gradient"));
+    (d_scores, out.next().map(same_type))
+}
