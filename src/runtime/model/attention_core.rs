@@ -45,7 +45,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::*;
 use burn::tensor::ops::{BoolTensor, FloatTensor};
-use burn::tensor::{DType, FloatDType, TensorMetadata, TensorPrimitive};
+use burn::tensor::{FloatDType, TensorMetadata, TensorPrimitive};
 
 use crate::runtime::backend::{Cpu, same_type};
 use crate::runtime::model::dropout::Dropout;
@@ -221,7 +221,9 @@ fn root<I: Backend>(s: &State<I>) -> f64 {
 }
 
 /// The products' dtype.
-fn product_dtype<I: Backend>(s: &State<I>) -> DType {
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+fn product_dtype<I: Backend>(s: &State<I>) -> burn::tensor::DType {
+    use burn::tensor::DType;
     if s.half { DType::BF16 } else { DType::F32 }
 }
 
@@ -332,9 +334,10 @@ impl<I: Backend> Backward<I, 4> for AttentionBackward {
         };
         let root = root::<I>(&s);
         let scores = scores::<I>(&s);
-        let mut d_scores = None;
+        #[cfg(not(all(feature = "cuda", not(feature = "unfused"))))]
+        let on_kernels: Option<FloatTensor<I>> = None;
         #[cfg(all(feature = "cuda", not(feature = "unfused")))]
-        if super::softmax_cuda::applies::<I>(&scores, &s.bias) {
+        let on_kernels = if super::softmax_cuda::applies::<I>(&scores, &s.bias) {
             // One kernel: ∂S/√d, and the dropped probabilities for ∂V.
             let (scaled, dropped) = super::softmax_cuda::backward::<I>(
                 scores.clone(),
@@ -351,9 +354,11 @@ impl<I: Backend> Backward<I, 4> for AttentionBackward {
                 let unscaled = I::float_mul_scalar(scaled.clone(), root.into());
                 grads.register::<I>(node.id, sum_to::<I>(unscaled, &s.bias.shape()));
             }
-            d_scores = Some(scaled);
-        }
-        let mut d_scores = match d_scores {
+            Some(scaled)
+        } else {
+            None
+        };
+        let mut d_scores = match on_kernels {
             Some(scaled) => scaled,
             None => {
                 let probs = probabilities::<I>(&s, scores);
