@@ -68,6 +68,80 @@ mod kernels {
         batch * bias_batch + head * bias_head + query * bias_query
     }
 
+    /// One row of scores: where it starts, where its bias starts, and the
+    /// settings every row shares.
+    #[derive(CubeType)]
+    struct Row {
+        start: usize,
+        at: usize,
+        keys: usize,
+        bias_key: usize,
+        root: f32,
+    }
+
+    /// The scaled and shifted score of key `i`: `f32(QKᵀ)/√d + bias`.
+    #[cube]
+    fn score<F: Float>(scores: &Array<F>, bias: &Array<f32>, row: &Row, i: usize) -> f32 {
+        f32::cast_from(scores[row.start + i]) / row.root + bias[row.at + i * row.bias_key]
+    }
+
+    /// The row's largest score, over the whole warp.
+    #[cube]
+    fn row_max<F: Float>(scores: &Array<F>, bias: &Array<f32>, row: &Row, lowest: f32) -> f32 {
+        let mut max = lowest;
+        let mut i = UNIT_POS_X as usize;
+        loop {
+            if i >= row.keys {
+                break;
+            }
+            let s = score::<F>(scores, bias, row, i);
+            max = select(s > max, s, max);
+            i += CUBE_DIM_X as usize;
+        }
+        plane_max(max)
+    }
+
+    /// Σ exp(score − max) over the row, over the whole warp.
+    #[cube]
+    fn row_sum<F: Float>(scores: &Array<F>, bias: &Array<f32>, row: &Row, max: f32) -> f32 {
+        let mut sum = f32::new(0.0);
+        let mut i = UNIT_POS_X as usize;
+        loop {
+            if i >= row.keys {
+                break;
+            }
+            sum += f32::exp(score::<F>(scores, bias, row, i) - max);
+            i += CUBE_DIM_X as usize;
+        }
+        plane_sum(sum)
+    }
+
+    /// `t ⊙ M / keep` at key `i` (`t` where there is no dropout).
+    #[cube]
+    fn dropped<M: Int>(
+        t: f32,
+        mask: &Array<M>,
+        index: usize,
+        inv_keep: f32,
+        #[comptime] dropout: bool,
+    ) -> f32 {
+        if dropout {
+            select(
+                u32::cast_from(mask[index]) == 0,
+                t * inv_keep,
+                f32::new(0.0),
+            )
+        } else {
+            t
+        }
+    }
+
+    /// The row this warp handles (past the last one in the last cube).
+    #[cube]
+    fn this_row() -> usize {
+        CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize
+    }
+
     /// One row per warp: the dropped probabilities, in `O`.
     #[allow(clippy::too_many_arguments)]
     #[cube(launch_unchecked)]
@@ -90,48 +164,26 @@ mod kernels {
         #[comptime] dropout: bool,
         #[define(F, O, M)] _dtypes: [StorageType; 3],
     ) {
-        let row = CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
-        if row < rows {
-            let lane = UNIT_POS_X as usize;
-            let lanes = CUBE_DIM_X as usize;
-            let start = row * keys;
-            let at = bias_start(row, heads, queries, bias_batch, bias_head, bias_query);
-            let mut max = lowest;
-            let mut i = lane;
+        let r = this_row();
+        if r < rows {
+            let row = Row {
+                start: r * keys,
+                at: bias_start(r, heads, queries, bias_batch, bias_head, bias_query),
+                keys,
+                bias_key,
+                root,
+            };
+            let max = row_max::<F>(scores, bias, &row, lowest);
+            let sum = row_sum::<F>(scores, bias, &row, max);
+            let mut i = UNIT_POS_X as usize;
             loop {
                 if i >= keys {
                     break;
                 }
-                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
-                max = select(s > max, s, max);
-                i += lanes;
-            }
-            let max = plane_max(max);
-            let mut sum = f32::new(0.0);
-            i = lane;
-            loop {
-                if i >= keys {
-                    break;
-                }
-                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
-                sum += f32::exp(s - max);
-                i += lanes;
-            }
-            let sum = plane_sum(sum);
-            i = lane;
-            loop {
-                if i >= keys {
-                    break;
-                }
-                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
-                let p = f32::exp(s - max) / sum;
-                if dropout {
-                    let dropped = u32::cast_from(mask[start + i]) != 0;
-                    out[start + i] = O::cast_from(select(dropped, f32::new(0.0), p * inv_keep));
-                } else {
-                    out[start + i] = O::cast_from(p);
-                }
-                i += lanes;
+                let p = f32::exp(score::<F>(scores, bias, &row, i) - max) / sum;
+                let index = row.start + i;
+                out[index] = O::cast_from(dropped::<M>(p, mask, index, inv_keep, dropout));
+                i += CUBE_DIM_X as usize;
             }
         }
     }
@@ -146,7 +198,7 @@ mod kernels {
         bias: &Array<f32>,
         mask: &Array<M>,
         d_dropped: &Array<f32>,
-        dropped: &mut Array<O>,
+        probs_out: &mut Array<O>,
         d_scores: &mut Array<f32>,
         rows: usize,
         keys: usize,
@@ -163,74 +215,44 @@ mod kernels {
         #[comptime] probabilities: bool,
         #[define(F, O, M)] _dtypes: [StorageType; 3],
     ) {
-        let row = CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
-        if row < rows {
-            let lane = UNIT_POS_X as usize;
-            let lanes = CUBE_DIM_X as usize;
-            let start = row * keys;
-            let at = bias_start(row, heads, queries, bias_batch, bias_head, bias_query);
-            let mut max = lowest;
-            let mut i = lane;
-            loop {
-                if i >= keys {
-                    break;
-                }
-                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
-                max = select(s > max, s, max);
-                i += lanes;
-            }
-            let max = plane_max(max);
-            let mut sum = f32::new(0.0);
-            i = lane;
-            loop {
-                if i >= keys {
-                    break;
-                }
-                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
-                sum += f32::exp(s - max);
-                i += lanes;
-            }
-            let sum = plane_sum(sum);
+        let r = this_row();
+        if r < rows {
+            let row = Row {
+                start: r * keys,
+                at: bias_start(r, heads, queries, bias_batch, bias_head, bias_query),
+                keys,
+                bias_key,
+                root,
+            };
+            let max = row_max::<F>(scores, bias, &row, lowest);
+            let sum = row_sum::<F>(scores, bias, &row, max);
             // Σⱼ ∂P ⊙ P, and the dropped probabilities on the way.
             let mut dot = f32::new(0.0);
-            i = lane;
+            let mut i = UNIT_POS_X as usize;
             loop {
                 if i >= keys {
                     break;
                 }
-                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
-                let p = f32::exp(s - max) / sum;
-                if dropout {
-                    let kept = u32::cast_from(mask[start + i]) == 0;
-                    let dp = select(kept, d_dropped[start + i] * inv_keep, f32::new(0.0));
-                    dot += dp * p;
-                    if probabilities {
-                        dropped[start + i] =
-                            O::cast_from(select(kept, p * inv_keep, f32::new(0.0)));
-                    }
-                } else {
-                    dot += d_dropped[start + i] * p;
-                    if probabilities {
-                        dropped[start + i] = O::cast_from(p);
-                    }
+                let p = f32::exp(score::<F>(scores, bias, &row, i) - max) / sum;
+                let index = row.start + i;
+                dot += dropped::<M>(d_dropped[index], mask, index, inv_keep, dropout) * p;
+                if probabilities {
+                    probs_out[index] =
+                        O::cast_from(dropped::<M>(p, mask, index, inv_keep, dropout));
                 }
-                i += lanes;
+                i += CUBE_DIM_X as usize;
             }
             let dot = plane_sum(dot);
-            i = lane;
+            i = UNIT_POS_X as usize;
             loop {
                 if i >= keys {
                     break;
                 }
-                let s = f32::cast_from(scores[start + i]) / root + bias[at + i * bias_key];
-                let p = f32::exp(s - max) / sum;
-                let mut dp = d_dropped[start + i];
-                if dropout {
-                    let kept = u32::cast_from(mask[start + i]) == 0;
-                    dp = select(kept, dp * inv_keep, f32::new(0.0));
-                }
-                d_scores[start + i] = p * (dp - dot) / root;
-                i += lanes;
+                let p = f32::exp(score::<F>(scores, bias, &row, i) - max) / sum;
+                let index = row.start + i;
+                let dp = dropped::<M>(d_dropped[index], mask, index, inv_keep, dropout);
+                d_scores[index] = p * (dp - dot) / root;
+                i += CUBE_DIM_X as usize;
             }
         }
     }
