@@ -39,6 +39,7 @@
 use std::any::TypeId;
 
 use burn::backend::Autodiff;
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -296,6 +297,66 @@ fn sum_to<I: Backend>(mut grad: FloatTensor<I>, shape: &[usize]) -> FloatTensor<
     grad
 }
 
+/// V's gradient, `Pᵈᵀ · grad`, registered when V has a node.
+fn register_dv<I: Backend>(
+    grads: &mut Gradients,
+    v: Option<NodeId>,
+    dropped: FloatTensor<I>,
+    grad: FloatTensor<I>,
+) {
+    if let Some(id) = v {
+        let dv = I::float_matmul(I::float_swap_dims(dropped, 2, 3), grad);
+        grads.register::<I>(id, dv);
+    }
+}
+
+/// ∂S/√d, the scores' gradient scaled for the products of Q's and K's
+/// gradients, from that of the dropped probabilities (f32). Registers V's
+/// gradient (from `grad`, the result's) and the bias's on the way. By ftl's
+/// CUDA kernel where it applies ([`super::softmax_cuda`]), which gives the
+/// dropped probabilities for V's gradient in the same pass; else by the
+/// composition.
+fn score_gradient<I: Backend>(
+    s: &State<I>,
+    grad: FloatTensor<I>,
+    d_dropped: FloatTensor<I>,
+    v: Option<NodeId>,
+    bias: Option<NodeId>,
+    grads: &mut Gradients,
+) -> FloatTensor<I> {
+    let root = root::<I>(s);
+    let scores = scores::<I>(s);
+    #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+    if super::softmax_cuda::applies::<I>(&scores, &s.bias) {
+        let (scaled, dropped) = super::softmax_cuda::backward::<I>(
+            scores,
+            s.bias.clone(),
+            &kernel_mask::<I>(s),
+            d_dropped,
+            root,
+            v.is_some().then(|| product_dtype::<I>(s)),
+        );
+        if let Some(dropped) = dropped {
+            register_dv::<I>(grads, v, dropped, grad);
+        }
+        if let Some(id) = bias {
+            let unscaled = I::float_mul_scalar(scaled.clone(), root.into());
+            grads.register::<I>(id, sum_to::<I>(unscaled, &s.bias.shape()));
+        }
+        return scaled;
+    }
+    let probs = probabilities::<I>(s, scores);
+    let dropped = apply_dropout::<I>(probs.clone(), &s.dropped);
+    register_dv::<I>(grads, v, to_product_dtype::<I>(s, dropped), grad);
+    let d_probs = apply_dropout::<I>(d_dropped, &s.dropped);
+    let row = I::float_sum_dim(I::float_mul(d_probs.clone(), probs.clone()), 3);
+    let d_scores = I::float_mul(probs, I::float_sub(d_probs, row));
+    if let Some(id) = bias {
+        grads.register::<I>(id, sum_to::<I>(d_scores.clone(), &s.bias.shape()));
+    }
+    I::float_div_scalar(d_scores, root.into())
+}
+
 /// The gradients of Q, K, V and the bias from the result's.
 #[derive(Debug)]
 struct AttentionBackward;
@@ -307,14 +368,9 @@ impl<I: Backend> Backward<I, 4> for AttentionBackward {
         let s = ops.state;
         let [q_node, k_node, v_node, bias_node] = ops.parents;
         let grad = grads.consume::<I>(&ops.node);
-        let dv = |grads: &mut Gradients, dropped: FloatTensor<I>, grad: FloatTensor<I>| {
-            if let Some(node) = &v_node {
-                let dv = I::float_matmul(I::float_swap_dims(dropped, 2, 3), grad);
-                grads.register::<I>(node.id, dv);
-            }
-        };
+        let v_id = v_node.map(|node| node.id);
         if q_node.is_none() && k_node.is_none() && bias_node.is_none() {
-            dv(grads, dropped_probabilities::<I>(&s), grad);
+            register_dv::<I>(grads, v_id, dropped_probabilities::<I>(&s), grad);
             return;
         }
         let f32_products = s.half && s.products == HalfBackward::F32;
@@ -332,48 +388,8 @@ impl<I: Backend> Backward<I, 4> for AttentionBackward {
         } else {
             I::float_matmul(grad.clone(), I::float_swap_dims(s.v.clone(), 2, 3))
         };
-        let root = root::<I>(&s);
-        let scores = scores::<I>(&s);
-        #[cfg(not(all(feature = "cuda", not(feature = "unfused"))))]
-        let on_kernels: Option<FloatTensor<I>> = None;
-        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
-        let on_kernels = if super::softmax_cuda::applies::<I>(&scores, &s.bias) {
-            // One kernel: ∂S/√d, and the dropped probabilities for ∂V.
-            let (scaled, dropped) = super::softmax_cuda::backward::<I>(
-                scores.clone(),
-                s.bias.clone(),
-                &kernel_mask::<I>(&s),
-                d_dropped.clone(),
-                root,
-                v_node.is_some().then(|| product_dtype::<I>(&s)),
-            );
-            if let Some(dropped) = dropped {
-                dv(grads, dropped, grad.clone());
-            }
-            if let Some(node) = &bias_node {
-                let unscaled = I::float_mul_scalar(scaled.clone(), root.into());
-                grads.register::<I>(node.id, sum_to::<I>(unscaled, &s.bias.shape()));
-            }
-            Some(scaled)
-        } else {
-            None
-        };
-        let mut d_scores = match on_kernels {
-            Some(scaled) => scaled,
-            None => {
-                let probs = probabilities::<I>(&s, scores);
-                let dropped = apply_dropout::<I>(probs.clone(), &s.dropped);
-                dv(grads, to_product_dtype::<I>(&s, dropped), grad);
-                let d_probs = apply_dropout::<I>(d_dropped, &s.dropped);
-                let row = I::float_sum_dim(I::float_mul(d_probs.clone(), probs.clone()), 3);
-                let d_scores = I::float_mul(probs, I::float_sub(d_probs, row));
-                if let Some(node) = &bias_node {
-                    let shape = s.bias.shape();
-                    grads.register::<I>(node.id, sum_to::<I>(d_scores.clone(), &shape));
-                }
-                I::float_div_scalar(d_scores, root.into())
-            }
-        };
+        let bias_id = bias_node.map(|node| node.id);
+        let mut d_scores = score_gradient::<I>(&s, grad, d_dropped, v_id, bias_id, grads);
         // The products' inputs in the dtype they run in, and their results
         // back in the inputs' dtype.
         let (q, k) = if f32_products {
