@@ -1,7 +1,8 @@
 //! What ftl's own CUDA operations share: each is one custom operation of
 //! burn's fusion stream whose kernels run on the cubecl tensors under it
 //! (the optimizer step, `train::optim`; LayerNorm, `model::layer_norm_cuda`;
-//! attention's softmax, `model::softmax_cuda`).
+//! attention's softmax, `model::softmax_cuda`; dropout masks,
+//! `model::dropout_cuda`).
 
 use burn::tensor::{DType, Shape};
 use burn_cubecl::tensor::CubeTensor;
@@ -55,6 +56,38 @@ pub(crate) fn register<O: Operation<FusionRuntime> + 'static>(
 ) -> Vec<Fused> {
     let outputs = outputs.into_iter().map(|s| (s, DType::F32)).collect();
     register_typed(name, inputs, outputs, op)
+}
+
+/// Registers an operation that reads no tensor (it makes its outputs from
+/// its settings alone) on `device`'s fusion stream.
+pub(crate) fn register_new<O: Operation<FusionRuntime> + 'static>(
+    name: &'static str,
+    device: &cubecl::cuda::CudaDevice,
+    outputs: Vec<(Shape, DType)>,
+    op: impl FnOnce(CustomOpIr) -> O,
+) -> Vec<Fused> {
+    let client = burn_fusion::get_client::<Inner>(device);
+    let outputs: Vec<TensorIr> = outputs
+        .into_iter()
+        .map(|(s, dtype)| TensorIr::uninit(client.create_empty_handle(), s, dtype))
+        .collect();
+    let desc = CustomOpIr::new(name, &[], &outputs);
+    client.register(
+        OperationStreams::default(),
+        OperationIr::Custom(desc.clone()),
+        op(desc),
+    )
+}
+
+/// A new, uninitialised tensor of `dtype` on `device`.
+pub(crate) fn empty_on(
+    device: &cubecl::cuda::CudaDevice,
+    shape: Shape,
+    dtype: DType,
+) -> CubeTensor<Runtime> {
+    let client = <Runtime as cubecl::Runtime>::client(device);
+    let handle = client.empty(shape.num_elements() * dtype.size());
+    CubeTensor::new_contiguous(client, device.clone(), shape, handle, dtype)
 }
 
 /// [`register`] with each output's dtype given.

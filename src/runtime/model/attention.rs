@@ -112,7 +112,7 @@ impl<B: Backend> SelfAttention<B> {
         }
         let context = context.swap_dims(1, 2).reshape([batch, seq, d_model]);
 
-        let projected = self.hidden_dropout.forward(self.output.forward(context));
-        self.layer_norm.forward(projected + hidden)
+        self.layer_norm
+            .forward_residual(self.output.forward(context), hidden, &self.hidden_dropout)
     }
 }

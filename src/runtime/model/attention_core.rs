@@ -49,7 +49,7 @@ use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{FloatDType, TensorMetadata, TensorPrimitive};
 
 use crate::runtime::backend::{Cpu, same_type};
-use crate::runtime::model::dropout::Dropout;
+use crate::runtime::model::dropout::{Draws, Dropout};
 use crate::runtime::model::projection::{to_full, to_half};
 
 /// `dropout(softmax(QKᵀ/√d + bias)) · V` for `q`, `k`, `v` of shape
@@ -152,14 +152,22 @@ pub fn own_backward<I: Backend>(
     products: HalfBackward,
 ) -> Tensor<Autodiff<I>, 4> {
     let [batch, heads, seq, _] = q.dims();
+    let kernels = uses_kernels::<I>(q.dtype(), bias.dtype());
     // Drawn where the composition draws it: after the scores, before
-    // anything else of this layer.
-    let dropped = dropout
-        .dropped::<Autodiff<I>, 4>([batch, heads, seq, seq], &q.device())
-        .map(|mask| Dropped {
-            mask: mask.into_primitive(),
-            keep: dropout.keep(),
-        });
+    // anything else of this layer. ftl's kernels draw for themselves from a
+    // seed; the composition reads a mask.
+    let (dropped, draw) = if kernels {
+        let draw = (dropout.prob > 0.0).then(|| (Draws::next(), dropout.keep()));
+        (None, draw)
+    } else {
+        let dropped = dropout
+            .dropped::<Autodiff<I>, 4>([batch, heads, seq, seq], &q.device())
+            .map(|mask| Dropped {
+                mask: mask.into_primitive(),
+                keep: dropout.keep(),
+            });
+        (dropped, None)
+    };
     let q = q.into_primitive().tensor();
     let k = k.into_primitive().tensor();
     let v = v.into_primitive().tensor();
@@ -176,6 +184,8 @@ pub fn own_backward<I: Backend>(
         v: v.primitive,
         bias: bias.primitive,
         dropped,
+        draw,
+        kernels,
         half,
         products,
     };
@@ -199,16 +209,38 @@ struct Dropped<I: Backend> {
     keep: f64,
 }
 
-/// What the backward pass keeps: the inputs and the dropout mask.
+/// What the backward pass keeps: the inputs and the dropout's mask (the
+/// composition) or seed (ftl's kernels).
 #[derive(Clone, Debug)]
 struct State<I: Backend> {
     q: FloatTensor<I>,
     k: FloatTensor<I>,
     v: FloatTensor<I>,
     bias: FloatTensor<I>,
+    /// The composition's dropout.
     dropped: Option<Dropped<I>>,
+    /// The kernels' dropout: seed and keep probability.
+    #[cfg_attr(not(all(feature = "cuda", not(feature = "unfused"))), allow(dead_code))]
+    draw: Option<(u32, f64)>,
+    /// Whether the softmax runs as ftl's CUDA kernels, in both passes.
+    #[cfg_attr(not(all(feature = "cuda", not(feature = "unfused"))), allow(dead_code))]
+    kernels: bool,
     half: bool,
     products: HalfBackward,
+}
+
+/// Whether the softmax runs as ftl's CUDA kernels for scores and a bias of
+/// these dtypes (`softmax_cuda::applies`).
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+fn uses_kernels<I: Backend>(scores: burn::tensor::DType, bias: burn::tensor::DType) -> bool {
+    super::softmax_cuda::applies::<I>(scores, bias)
+}
+
+/// Without fused CUDA there are no kernels.
+#[allow(clippy::extra_unused_type_parameters)]
+#[cfg(not(all(feature = "cuda", not(feature = "unfused"))))]
+fn uses_kernels<I: Backend>(_: burn::tensor::DType, _: burn::tensor::DType) -> bool {
+    false
 }
 
 /// `QKᵀ`, in the products' dtype.
@@ -226,12 +258,6 @@ fn root<I: Backend>(s: &State<I>) -> f64 {
 fn product_dtype<I: Backend>(s: &State<I>) -> burn::tensor::DType {
     use burn::tensor::DType;
     if s.half { DType::BF16 } else { DType::F32 }
-}
-
-/// The dropout's mask and keep probability, as ftl's kernels take them.
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
-fn kernel_mask<I: Backend>(s: &State<I>) -> super::softmax_cuda::Mask<I> {
-    s.dropped.as_ref().map(|d| (d.mask.clone(), d.keep))
 }
 
 /// `softmax(QKᵀ/√d + bias)` in f32, with the operations (and so the
@@ -265,11 +291,11 @@ fn apply_dropout<I: Backend>(t: FloatTensor<I>, dropped: &Option<Dropped<I>>) ->
 fn dropped_probabilities<I: Backend>(s: &State<I>) -> FloatTensor<I> {
     let scores = scores::<I>(s);
     #[cfg(all(feature = "cuda", not(feature = "unfused")))]
-    if super::softmax_cuda::applies::<I>(&scores, &s.bias) {
+    if s.kernels {
         return super::softmax_cuda::forward::<I>(
             scores,
             s.bias.clone(),
-            &kernel_mask::<I>(s),
+            s.draw,
             root::<I>(s),
             product_dtype::<I>(s),
         );
@@ -327,11 +353,11 @@ fn score_gradient<I: Backend>(
     let root = root::<I>(s);
     let scores = scores::<I>(s);
     #[cfg(all(feature = "cuda", not(feature = "unfused")))]
-    if super::softmax_cuda::applies::<I>(&scores, &s.bias) {
+    if s.kernels {
         let (scaled, dropped) = super::softmax_cuda::backward::<I>(
             scores,
             s.bias.clone(),
-            &kernel_mask::<I>(s),
+            s.draw,
             d_dropped,
             root,
             v.is_some().then(|| product_dtype::<I>(s)),

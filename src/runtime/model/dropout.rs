@@ -5,11 +5,66 @@
 //! per activation, for every dropout of every layer. Here the same Bernoulli
 //! draw becomes a boolean mask and the dropped values are filled with zero;
 //! the backward pass of `mask_fill` keeps only the mask (one byte per value
-//! on CUDA). The draws are burn's own, so a run computes what it computed
-//! with burn's `Dropout`.
+//! on CUDA). On the CPU the draws are burn's own, so a run computes what it
+//! computed with burn's `Dropout`.
+//!
+//! On burn's fused CUDA backend the draws are ftl's own ([`Draws`]): each
+//! dropout takes one 32-bit seed from a generator the training loop seeds
+//! per step, and whether value `i` is kept is a hash of the seed and `i`
+//! (`super::dropout_cuda`). A kernel can then decide it where it reads the
+//! value, and compute it again in the backward pass, instead of reading a
+//! mask that a random-number kernel and a comparison wrote first: attention's
+//! softmax and the residual LayerNorms do so. Where a mask is still wanted
+//! (the embeddings' dropout, an adapter's), it is made from a seed the same
+//! way, so kernels and tensor operations agree on every draw.
+
+use std::sync::Mutex;
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
+
+/// The generator of ftl's own dropout seeds (splitmix64).
+pub struct Draws;
+
+/// Its state: the training loop sets it per step.
+static DRAWS: Mutex<u64> = Mutex::new(0x853C_49E6_748F_EA9B);
+
+impl Draws {
+    /// Starts the sequence of seeds from `seed`: the same seed, the same
+    /// seeds after it.
+    pub fn seed(seed: u64) {
+        *DRAWS.lock().unwrap_or_else(|e| e.into_inner()) = seed;
+    }
+
+    /// The next seed.
+    pub fn next() -> u32 {
+        let mut state = DRAWS.lock().unwrap_or_else(|e| e.into_inner());
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 32) as u32
+    }
+}
+
+/// The hash that decides whether value `index` is kept under `seed`
+/// (`super::dropout_cuda` computes the same on the GPU): kept when it is
+/// below [`threshold`].
+pub fn draw(seed: u32, index: u32) -> u32 {
+    fn mix(mut x: u32) -> u32 {
+        x ^= x >> 16;
+        x = x.wrapping_mul(0x21F0_AAAD);
+        x ^= x >> 15;
+        x = x.wrapping_mul(0x735A_2D97);
+        x ^ (x >> 15)
+    }
+    mix(mix(index) ^ seed)
+}
+
+/// The draw below which a value is kept with probability `keep`.
+pub fn threshold(keep: f64) -> u32 {
+    (keep * 4_294_967_296.0).min(u32::MAX as f64) as u32
+}
 
 /// Zeroes each value with probability `prob` during training and scales
 /// the rest by `1 / (1 - prob)`; the identity outside training.
@@ -47,6 +102,10 @@ impl Dropout {
         #[cfg(test)]
         if let Some(seed) = tests::FIXED_DRAWS.get() {
             return Some(tests::fixed_draws(shape, self.prob, seed, device));
+        }
+        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+        if let Some(mask) = super::dropout_cuda::dropped::<B, D>(shape, self.keep(), device) {
+            return Some(mask);
         }
         let draw = Tensor::<B, D>::random(shape, Distribution::Bernoulli(self.keep()), device);
         Some(draw.equal_elem(0.0))
@@ -121,6 +180,41 @@ pub(crate) mod tests {
         // Equal as numbers (a dropped negative value is -0.0 in burn's).
         assert!(y1.iter().zip(&y2).all(|(a, b)| a == b));
         assert!(g1.iter().zip(&g2).all(|(a, b)| a == b));
+    }
+
+    /// ftl's own draws keep each value with the probability asked for,
+    /// independently of its neighbours and of the other seeds' draws.
+    #[test]
+    fn own_draws_keep_the_asked_share_and_differ_by_seed() {
+        Draws::seed(7);
+        let (a, b) = (Draws::next(), Draws::next());
+        assert_ne!(a, b);
+        Draws::seed(7);
+        assert_eq!(Draws::next(), a, "the same seed, the same sequence");
+        let n = 200_000u32;
+        let keep = threshold(0.9);
+        let kept = |seed| (0..n).filter(|&i| draw(seed, i) < keep).count() as f64 / n as f64;
+        for seed in [a, b] {
+            let share = kept(seed);
+            assert!((share - 0.9).abs() < 0.003, "kept {share}");
+        }
+        // Two seeds' masks agree about as often as independent ones would
+        // (0.9² + 0.1² = 0.82), and neighbours are not alike.
+        let same = (0..n)
+            .filter(|&i| (draw(a, i) < keep) == (draw(b, i) < keep))
+            .count() as f64
+            / n as f64;
+        assert!((same - 0.82).abs() < 0.005, "agree {same}");
+        let both_dropped = (0..n - 1)
+            .filter(|&i| draw(a, i) >= keep && draw(a, i + 1) >= keep)
+            .count() as f64
+            / (n - 1) as f64;
+        assert!(
+            (both_dropped - 0.01).abs() < 0.002,
+            "neighbours {both_dropped}"
+        );
+        assert_eq!(threshold(1.0), u32::MAX);
+        assert_eq!(threshold(0.5), 1 << 31);
     }
 
     #[test]

@@ -70,8 +70,8 @@ impl<B: Backend> FeedForward<B> {
         } else {
             gelu(inner)
         };
-        let out = self.dropout.forward(self.output.forward(inner));
-        self.layer_norm.forward(out + hidden)
+        self.layer_norm
+            .forward_residual(self.output.forward(inner), hidden, &self.dropout)
     }
 }
 

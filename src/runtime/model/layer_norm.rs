@@ -40,6 +40,9 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, TensorMetadata, TensorPrimitive};
 
 use crate::runtime::backend::{Cpu, same_type};
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+use crate::runtime::model::dropout::Draws;
+use crate::runtime::model::dropout::Dropout;
 
 /// `γ · (x − mean x) / √(var x + ε) + β` over the last dimension. Its
 /// parameters keep burn's names (`gamma`, `beta`), so checkpoints and
@@ -79,6 +82,70 @@ impl<B: Backend> LayerNorm<B> {
             self.gamma.val().into_primitive().tensor(),
             Some(self.beta.val().into_primitive().tensor()),
             self.epsilon,
+        )))
+    }
+
+    /// `LayerNorm(dropout(a) + residual)`: how a residual block ends. On
+    /// burn's fused CUDA backend, training with f32 tensors, it is one
+    /// operation of its own each way ([`super::layer_norm_cuda`]): the
+    /// dropout's mask is drawn where the kernel reads `a` and drawn again in
+    /// the backward pass, the sum is made there, and neither is kept. The
+    /// composition registers eight more operations going forward (the draw,
+    /// the comparison, the fill, the scale, the sum) and back, and keeps a
+    /// one-byte mask. Elsewhere it is that composition.
+    pub fn forward_residual<const D: usize>(
+        &self,
+        a: Tensor<B, D>,
+        residual: Tensor<B, D>,
+        dropout: &Dropout,
+    ) -> Tensor<B, D> {
+        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+        let (a, residual) = match self.residual_on_kernels(a, residual, dropout) {
+            Ok(y) => return y,
+            Err(inputs) => inputs,
+        };
+        self.forward(dropout.forward(a) + residual)
+    }
+
+    /// [`LayerNorm::forward_residual`] as ftl's kernels, where they apply;
+    /// the inputs back otherwise.
+    #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+    #[allow(clippy::type_complexity)]
+    fn residual_on_kernels<const D: usize>(
+        &self,
+        a: Tensor<B, D>,
+        residual: Tensor<B, D>,
+        dropout: &Dropout,
+    ) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+        use burn::backend::Cuda;
+        use burn::tensor::DType;
+        if TypeId::of::<B>() != TypeId::of::<Autodiff<Cuda>>()
+            || [
+                a.dtype(),
+                residual.dtype(),
+                self.gamma.val().dtype(),
+                self.beta.val().dtype(),
+            ]
+            .iter()
+            .any(|d| *d != DType::F32)
+        {
+            return Err((a, residual));
+        }
+        let draw = (dropout.prob > 0.0).then(|| (Draws::next(), dropout.keep()));
+        let a: Tensor<Autodiff<Cuda>, D> = same_type(a);
+        let residual: Tensor<Autodiff<Cuda>, D> = same_type(residual);
+        let gamma: Tensor<Autodiff<Cuda>, 1> = same_type(self.gamma.val());
+        let beta: Tensor<Autodiff<Cuda>, 1> = same_type(self.beta.val());
+        let y = residual_layer_norm(
+            a.into_primitive().tensor(),
+            residual.into_primitive().tensor(),
+            gamma.into_primitive().tensor(),
+            beta.into_primitive().tensor(),
+            self.epsilon,
+            draw,
+        );
+        Ok(same_type(Tensor::<Autodiff<Cuda>, D>::from_primitive(
+            TensorPrimitive::Float(y),
         )))
     }
 
@@ -165,13 +232,14 @@ impl<I: Backend> Backward<I, 3> for LayerNormBackward {
         let grad = grads.consume::<I>(&ops.node);
         #[cfg(all(feature = "cuda", not(feature = "unfused")))]
         if super::layer_norm_cuda::applies::<I>(&[&grad, &normalized, &deviation, &gamma]) {
-            let [dx, dgamma, dbeta] = super::layer_norm_cuda::backward::<I>(
+            let [dx, _, dgamma, dbeta] = super::layer_norm_cuda::backward::<I>(
                 grad,
                 normalized,
                 deviation,
                 gamma,
                 x_node.is_some(),
                 gamma_node.is_some() || beta_node.is_some(),
+                None,
             );
             for (node, g) in [(x_node, dx), (gamma_node, dgamma), (beta_node, dbeta)] {
                 if let (Some(node), Some(g)) = (node, g) {
@@ -227,6 +295,85 @@ fn layer_norm<I: Backend>(
         .stateful()
     {
         OpsKind::Tracked(prep) => prep.finish((normalized, deviation, gamma_b), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    }
+}
+
+/// The gradients of a, the residual, γ and β from the output's, for
+/// [`LayerNorm::forward_residual`] on ftl's kernels.
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+#[derive(Debug)]
+struct ResidualBackward {
+    /// The dropout's seed and keep probability.
+    draw: Option<(u32, f64)>,
+}
+
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+impl<I: Backend> Backward<I, 4> for ResidualBackward {
+    /// The normalised sum, the deviation and γ.
+    type State = (FloatTensor<I>, FloatTensor<I>, FloatTensor<I>);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (normalized, deviation, gamma) = ops.state;
+        let [a_node, residual_node, gamma_node, beta_node] = ops.parents;
+        let grad = grads.consume::<I>(&ops.node);
+        let [dx, da, dgamma, dbeta] = super::layer_norm_cuda::backward::<I>(
+            grad,
+            normalized,
+            deviation,
+            gamma,
+            a_node.is_some() || residual_node.is_some(),
+            gamma_node.is_some() || beta_node.is_some(),
+            self.draw,
+        );
+        // Without dropout, a's gradient is the sum's, as the residual's.
+        let da = da.or_else(|| dx.clone());
+        for (node, g) in [
+            (a_node, da),
+            (residual_node, dx),
+            (gamma_node, dgamma),
+            (beta_node, dbeta),
+        ] {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<I>(node.id, g);
+            }
+        }
+    }
+}
+
+/// [`LayerNorm::forward_residual`] on `Autodiff<Cuda>`'s tensors, on ftl's
+/// kernels.
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+fn residual_layer_norm(
+    a: FloatTensor<Autodiff<burn::backend::Cuda>>,
+    residual: FloatTensor<Autodiff<burn::backend::Cuda>>,
+    gamma: FloatTensor<Autodiff<burn::backend::Cuda>>,
+    beta: FloatTensor<Autodiff<burn::backend::Cuda>>,
+    epsilon: f64,
+    draw: Option<(u32, f64)>,
+) -> FloatTensor<Autodiff<burn::backend::Cuda>> {
+    use burn::backend::Cuda;
+    let nodes = [
+        a.node.clone(),
+        residual.node.clone(),
+        gamma.node.clone(),
+        beta.node.clone(),
+    ];
+    let [normalized, deviation, y] = super::layer_norm_cuda::forward_sum::<Cuda>(
+        a.primitive,
+        Some(residual.primitive),
+        gamma.primitive.clone(),
+        beta.primitive,
+        epsilon,
+        draw,
+    );
+    let op = ResidualBackward { draw };
+    match op
+        .prepare::<NoCheckpointing>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((normalized, deviation, gamma.primitive), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     }
 }

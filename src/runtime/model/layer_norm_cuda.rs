@@ -35,6 +35,7 @@ use cubecl::prelude::{CubeCount, CubeDim};
 
 use crate::runtime::backend::same_type;
 use crate::runtime::fusion_op::{Fused, FusionRuntime, Inner, contiguous, empty_f32, register};
+use crate::runtime::model::dropout::threshold;
 
 /// Lanes of a warp: one row's share each.
 const LANES: u32 = 32;
@@ -47,45 +48,90 @@ const CHUNK_ROWS: usize = 16;
 const COLUMN_CUBE: u32 = 256;
 
 mod kernels {
+    use crate::runtime::model::dropout_cuda::kernels::kept;
     use cubecl::prelude::*;
 
-    /// One row per warp: `normalized`, `y`, and the row's `deviation`.
+    /// The dropout and the residual sum's settings.
+    #[derive(CubeType)]
+    pub(super) struct Sum {
+        seed: u32,
+        threshold: u32,
+        inv_keep: f32,
+    }
+
+    /// The normalised input at `index`: `a`, or `dropout(a) + residual`.
+    #[cube]
+    fn input(
+        a: &Array<f32>,
+        residual: &Array<f32>,
+        index: usize,
+        sum: &Sum,
+        #[comptime] add: bool,
+        #[comptime] dropout: bool,
+    ) -> f32 {
+        let mut x = a[index];
+        if dropout {
+            x = select(
+                kept(sum.seed, u32::cast_from(index), sum.threshold),
+                x * sum.inv_keep,
+                f32::new(0.0),
+            );
+        }
+        if add {
+            x += residual[index];
+        }
+        x
+    }
+
+    /// One row per warp: `normalized`, `y`, and the row's `deviation`, of
+    /// `a` or (with `add`) of `dropout(a) + residual`.
     #[allow(clippy::too_many_arguments)]
     #[cube(launch_unchecked)]
     pub(super) fn forward(
-        x: &Array<f32>,
+        a: &Array<f32>,
+        residual: &Array<f32>,
         gamma: &Array<f32>,
         beta: &Array<f32>,
         y: &mut Array<f32>,
         normalized: &mut Array<f32>,
         deviation: &mut Array<f32>,
+        seed: u32,
+        threshold: u32,
+        inv_keep: f32,
         rows: usize,
         width: usize,
         inv_width: f32,
         epsilon: f32,
+        #[comptime] add: bool,
+        #[comptime] dropout: bool,
     ) {
+        let sum = Sum {
+            seed,
+            threshold,
+            inv_keep,
+        };
         let row = CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
         if row < rows {
             let lane = UNIT_POS_X as usize;
             let lanes = CUBE_DIM_X as usize;
             let start = row * width;
-            let mut sum = f32::new(0.0);
+            let mut total = f32::new(0.0);
             let mut i = lane;
             loop {
                 if i >= width {
                     break;
                 }
-                sum += x[start + i];
+                total += input(a, residual, start + i, &sum, add, dropout);
                 i += lanes;
             }
-            let mean = plane_sum(sum) * inv_width;
+            let mean = plane_sum(total) * inv_width;
             let mut squares = f32::new(0.0);
             i = lane;
             loop {
                 if i >= width {
                     break;
                 }
-                let c = x[start + i] - mean;
+                let c = input(a, residual, start + i, &sum, add, dropout) - mean;
                 squares += c * c;
                 i += lanes;
             }
@@ -95,7 +141,7 @@ mod kernels {
                 if i >= width {
                     break;
                 }
-                let n = (x[start + i] - mean) / sigma;
+                let n = (input(a, residual, start + i, &sum, add, dropout) - mean) / sigma;
                 normalized[start + i] = n;
                 y[start + i] = n * gamma[i] + beta[i];
                 i += lanes;
@@ -106,7 +152,8 @@ mod kernels {
         }
     }
 
-    /// One row per warp: the input's gradient.
+    /// One row per warp: the input's gradient, and (with `dropout`) the
+    /// gradient of the dropout's input, `∂x ⊙ M / keep`.
     #[allow(clippy::too_many_arguments)]
     #[cube(launch_unchecked)]
     pub(super) fn backward_input(
@@ -115,16 +162,21 @@ mod kernels {
         deviation: &Array<f32>,
         gamma: &Array<f32>,
         dx: &mut Array<f32>,
+        da: &mut Array<f32>,
+        seed: u32,
+        threshold: u32,
+        inv_keep: f32,
         rows: usize,
         width: usize,
         inv_width: f32,
+        #[comptime] dropout: bool,
     ) {
         let row = CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
         if row < rows {
             let lane = UNIT_POS_X as usize;
             let lanes = CUBE_DIM_X as usize;
             let start = row * width;
-            let mut sum = f32::new(0.0);
+            let mut total = f32::new(0.0);
             let mut dot = f32::new(0.0);
             let mut i = lane;
             loop {
@@ -132,11 +184,11 @@ mod kernels {
                     break;
                 }
                 let g = grad[start + i] * gamma[i];
-                sum += g;
+                total += g;
                 dot += g * normalized[start + i];
                 i += lanes;
             }
-            let mean = plane_sum(sum) * inv_width;
+            let mean = plane_sum(total) * inv_width;
             let mean_dot = plane_sum(dot) * inv_width;
             let sigma = deviation[row];
             i = lane;
@@ -144,8 +196,17 @@ mod kernels {
                 if i >= width {
                     break;
                 }
-                let g = grad[start + i] * gamma[i];
-                dx[start + i] = (g - mean - normalized[start + i] * mean_dot) / sigma;
+                let index = start + i;
+                let g = grad[index] * gamma[i];
+                let d = (g - mean - normalized[index] * mean_dot) / sigma;
+                dx[index] = d;
+                if dropout {
+                    da[index] = select(
+                        kept(seed, u32::cast_from(index), threshold),
+                        d * inv_keep,
+                        f32::new(0.0),
+                    );
+                }
                 i += lanes;
             }
         }
@@ -231,40 +292,76 @@ fn row_cubes(rows: usize) -> CubeCount {
     CubeCount::Static((rows as u32).div_ceil(ROWS_PER_CUBE), 1, 1)
 }
 
+/// The residual sum's dropout, as the kernels take it: seed, threshold
+/// and 1 / keep (`dropout` false: none).
+#[derive(Debug, Clone, Copy)]
+struct Draw {
+    seed: u32,
+    threshold: u32,
+    inv_keep: f32,
+    dropout: bool,
+}
+
+impl Draw {
+    fn new(draw: Option<(u32, f64)>) -> Self {
+        Draw {
+            seed: draw.map_or(0, |(seed, _)| seed),
+            threshold: draw.map_or(u32::MAX, |(_, keep)| threshold(keep)),
+            inv_keep: draw.map_or(1.0, |(_, keep)| (1.0 / keep) as f32),
+            dropout: draw.is_some(),
+        }
+    }
+}
+
 /// The operation's shapes and settings.
 #[derive(Debug)]
 struct Forward {
     desc: CustomOpIr,
     epsilon: f32,
+    /// Whether a residual (the fourth input) is added after the dropout.
+    add: bool,
+    draw: Draw,
 }
 
 impl Operation<FusionRuntime> for Forward {
     fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
-        let [x, gamma, beta] =
+        let [a, gamma, beta] =
             [0, 1, 2].map(|k| contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[k])));
-        let shape = x.meta.shape().clone();
+        let residual = if self.add {
+            contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[3]))
+        } else {
+            empty_f32(&a, Shape::new([1]))
+        };
+        let shape = a.meta.shape().clone();
         let width = shape[shape.num_dims() - 1];
         let rows = shape.num_elements() / width;
-        let y = empty_f32(&x, shape.clone());
-        let normalized = empty_f32(&x, shape);
-        let deviation = empty_f32(&x, self.desc.outputs[2].shape.clone());
-        // SAFETY: `row < rows` and `i < width` bound every index: x, y and
-        // normalized hold rows × width values, γ and β width, deviation rows.
+        let y = empty_f32(&a, shape.clone());
+        let normalized = empty_f32(&a, shape);
+        let deviation = empty_f32(&a, self.desc.outputs[2].shape.clone());
+        // SAFETY: `row < rows` and `i < width` bound every index: a, the
+        // residual (read only with `add`), y and normalized hold rows ×
+        // width values, γ and β width, deviation rows.
         unsafe {
             kernels::forward::launch_unchecked(
-                &x.client,
+                &a.client,
                 row_cubes(rows),
                 CubeDim::new_2d(LANES, ROWS_PER_CUBE),
-                x.clone().into_array_arg(),
+                a.clone().into_array_arg(),
+                residual.into_array_arg(),
                 gamma.into_array_arg(),
                 beta.into_array_arg(),
                 y.clone().into_array_arg(),
                 normalized.clone().into_array_arg(),
                 deviation.clone().into_array_arg(),
+                self.draw.seed,
+                self.draw.threshold,
+                self.draw.inv_keep,
                 rows,
                 width,
                 1.0 / width as f32,
                 self.epsilon,
+                self.add,
+                self.draw.dropout,
             )
         };
         for (ir, t) in self.desc.outputs.iter().zip([y, normalized, deviation]) {
@@ -282,17 +379,40 @@ pub(crate) fn forward<I: Backend>(
     beta: FloatTensor<I>,
     epsilon: f64,
 ) -> [FloatTensor<I>; 3] {
-    let shape = x.shape();
+    forward_sum::<I>(x, None, gamma, beta, epsilon, None)
+}
+
+/// [`forward`] of `dropout(a) + residual` (`draw`: the dropout's seed and
+/// keep probability), the sum made where the kernel reads it. Call only
+/// where [`applies`] said so.
+pub(crate) fn forward_sum<I: Backend>(
+    a: FloatTensor<I>,
+    residual: Option<FloatTensor<I>>,
+    gamma: FloatTensor<I>,
+    beta: FloatTensor<I>,
+    epsilon: f64,
+    draw: Option<(u32, f64)>,
+) -> [FloatTensor<I>; 3] {
+    let shape = a.shape();
     let mut deviation = shape.clone();
     let last = deviation.num_dims() - 1;
     deviation[last] = 1;
+    let add = residual.is_some();
+    let mut inputs = vec![fused::<I>(a), fused::<I>(gamma), fused::<I>(beta)];
+    inputs.extend(residual.map(fused::<I>));
     let out = register(
-        "ftl_layer_norm",
-        vec![fused::<I>(x), fused::<I>(gamma), fused::<I>(beta)],
+        if add {
+            "ftl_residual_layer_norm"
+        } else {
+            "ftl_layer_norm"
+        },
+        inputs,
         vec![shape.clone(), shape, deviation],
         |desc| Forward {
             desc,
             epsilon: epsilon as f32,
+            add,
+            draw: Draw::new(draw),
         },
     );
     let [y, normalized, deviation]: [Fused; 3] = out
@@ -306,6 +426,7 @@ struct Backward {
     desc: CustomOpIr,
     input: bool,
     parameters: bool,
+    draw: Draw,
 }
 
 impl Operation<FusionRuntime> for Backward {
@@ -318,8 +439,14 @@ impl Operation<FusionRuntime> for Backward {
         let mut outputs = Vec::new();
         if self.input {
             let dx = empty_f32(&grad, shape.clone());
+            let da = if self.draw.dropout {
+                empty_f32(&grad, shape.clone())
+            } else {
+                empty_f32(&grad, Shape::new([1]))
+            };
             // SAFETY: `row < rows` and `i < width` bound every index, as in
-            // the forward pass.
+            // the forward pass; `da` is written only with `dropout`, when
+            // it holds rows × width values.
             unsafe {
                 kernels::backward_input::launch_unchecked(
                     &grad.client,
@@ -330,12 +457,20 @@ impl Operation<FusionRuntime> for Backward {
                     deviation.into_array_arg(),
                     gamma.into_array_arg(),
                     dx.clone().into_array_arg(),
+                    da.clone().into_array_arg(),
+                    self.draw.seed,
+                    self.draw.threshold,
+                    self.draw.inv_keep,
                     rows,
                     width,
                     1.0 / width as f32,
+                    self.draw.dropout,
                 )
             };
             outputs.push(dx);
+            if self.draw.dropout {
+                outputs.push(da);
+            }
         }
         if self.parameters {
             let chunks = rows.div_ceil(CHUNK_ROWS);
@@ -379,8 +514,9 @@ impl Operation<FusionRuntime> for Backward {
 
 /// The gradients of x (when `input`) and of γ and β (when `parameters`),
 /// from the output's gradient and the forward pass's normalised input and
-/// deviation. γ may have any shape holding the features in order. Call only
-/// where [`applies`] said so.
+/// deviation. γ may have any shape holding the features in order. With
+/// `draw` (x was `dropout(a) + residual`), also a's gradient, second. Call
+/// only where [`applies`] said so.
 pub(crate) fn backward<I: Backend>(
     grad: FloatTensor<I>,
     normalized: FloatTensor<I>,
@@ -388,15 +524,19 @@ pub(crate) fn backward<I: Backend>(
     gamma: FloatTensor<I>,
     input: bool,
     parameters: bool,
-) -> [Option<FloatTensor<I>>; 3] {
+    draw: Option<(u32, f64)>,
+) -> [Option<FloatTensor<I>>; 4] {
     if !input && !parameters {
-        return [None, None, None];
+        return [None, None, None, None];
     }
     let shape = grad.shape();
     let width = shape[shape.num_dims() - 1];
     let mut shapes = Vec::new();
     if input {
-        shapes.push(shape);
+        shapes.push(shape.clone());
+        if draw.is_some() {
+            shapes.push(shape);
+        }
     }
     if parameters {
         shapes.extend([Shape::new([width]), Shape::new([width])]);
@@ -412,14 +552,20 @@ pub(crate) fn backward<I: Backend>(
             desc,
             input,
             parameters,
+            draw: Draw::new(draw),
         },
     );
     let mut out = out.into_iter().map(back::<I>);
     let dx = if input { out.next() } else { None };
+    let da = if input && draw.is_some() {
+        out.next()
+    } else {
+        None
+    };
     let (dgamma, dbeta) = if parameters {
         (out.next(), out.next())
     } else {
         (None, None)
     };
-    [dx, dgamma, dbeta]
+    [dx, da, dgamma, dbeta]
 }

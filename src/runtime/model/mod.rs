@@ -4,6 +4,7 @@
 //! | file | what |
 //! | --- | --- |
 //! | `config.rs` | [`EncoderConfig`] read from `config.json` |
+//! | `dropout.rs`, `dropout_cuda.rs` | dropout with a one-byte mask; on CUDA, ftl's own draws that kernels compute where they read |
 //! | `embeddings.rs` | word + position (+ token type) embeddings |
 //! | `attention.rs` | multi-head self-attention block |
 //! | `attention_core.rs` | `dropout(softmax(QKᵀ/√d + bias)) · V`, with a backward pass of its own when training |
@@ -22,6 +23,8 @@ pub mod attention_core;
 pub mod classifier;
 pub mod config;
 pub mod dropout;
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+pub mod dropout_cuda;
 pub mod embeddings;
 pub mod encoder;
 pub mod feed_forward;

@@ -18,6 +18,11 @@
 //! backward:  ∂P = ∂Pᵈ ⊙ M / keep    ∂S/√d = P ⊙ (∂P − Σⱼ ∂P ⊙ P) / √d,   and Pᵈ again for ∂V
 //! ```
 //!
+//! The dropout mask M is never stored: both kernels draw it from the
+//! dropout's seed (ftl's own draws, `super::dropout`), where burn's
+//! composition needs a random-number kernel and a comparison to write it
+//! first and keeps it, one byte per score, for the backward pass.
+//!
 //! One warp handles one row of scores (a query's keys): each lane takes a
 //! strided share, `plane_max` and `plane_sum` combine the shares. The bias
 //! is read through its strides, so BERT's padding bias, broadcast over heads
@@ -31,7 +36,7 @@ use std::any::TypeId;
 
 use burn::backend::Cuda;
 use burn::prelude::*;
-use burn::tensor::ops::{BoolTensor, FloatTensor};
+use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, TensorMetadata};
 use burn_fusion::stream::Operation;
 use burn_ir::{BackendIr, CustomOpIr, HandleContainer};
@@ -41,6 +46,7 @@ use crate::runtime::backend::same_type;
 use crate::runtime::fusion_op::{
     Fused, FusionRuntime, Inner, Runtime, contiguous, empty, register_typed,
 };
+use crate::runtime::model::dropout::threshold;
 
 /// Lanes of a warp: one row's share each.
 const LANES: u32 = 32;
@@ -48,6 +54,7 @@ const LANES: u32 = 32;
 const ROWS_PER_CUBE: u32 = 8;
 
 mod kernels {
+    use crate::runtime::model::dropout_cuda::kernels::kept;
     use cubecl::prelude::*;
 
     /// Where row `row`'s bias starts: the row is (batch, head, query) of
@@ -116,18 +123,20 @@ mod kernels {
         plane_sum(sum)
     }
 
-    /// `t ⊙ M / keep` at key `i` (`t` where there is no dropout).
+    /// `t ⊙ M / keep` at score `index` (`t` where there is no dropout):
+    /// whether it is kept is drawn from the seed (`super::dropout_cuda`).
     #[cube]
-    fn dropped<M: Int>(
+    fn dropped(
         t: f32,
-        mask: &Array<M>,
+        seed: u32,
+        threshold: u32,
         index: usize,
         inv_keep: f32,
         #[comptime] dropout: bool,
     ) -> f32 {
         if dropout {
             select(
-                u32::cast_from(mask[index]) == 0,
+                kept(seed, u32::cast_from(index), threshold),
                 t * inv_keep,
                 f32::new(0.0),
             )
@@ -145,10 +154,11 @@ mod kernels {
     /// One row per warp: the dropped probabilities, in `O`.
     #[allow(clippy::too_many_arguments)]
     #[cube(launch_unchecked)]
-    pub(super) fn forward<F: Float, O: Float, M: Int>(
+    pub(super) fn forward<F: Float, O: Float>(
         scores: &Array<F>,
         bias: &Array<f32>,
-        mask: &Array<M>,
+        seed: u32,
+        threshold: u32,
         out: &mut Array<O>,
         rows: usize,
         keys: usize,
@@ -162,7 +172,7 @@ mod kernels {
         inv_keep: f32,
         lowest: f32,
         #[comptime] dropout: bool,
-        #[define(F, O, M)] _dtypes: [StorageType; 3],
+        #[define(F, O)] _dtypes: [StorageType; 2],
     ) {
         let r = this_row();
         if r < rows {
@@ -182,7 +192,7 @@ mod kernels {
                 }
                 let p = f32::exp(score::<F>(scores, bias, &row, i) - max) / sum;
                 let index = row.start + i;
-                out[index] = O::cast_from(dropped::<M>(p, mask, index, inv_keep, dropout));
+                out[index] = O::cast_from(dropped(p, seed, threshold, index, inv_keep, dropout));
                 i += CUBE_DIM_X as usize;
             }
         }
@@ -193,10 +203,11 @@ mod kernels {
     /// probabilities again, in `O`.
     #[allow(clippy::too_many_arguments)]
     #[cube(launch_unchecked)]
-    pub(super) fn backward<F: Float, O: Float, M: Int>(
+    pub(super) fn backward<F: Float, O: Float>(
         scores: &Array<F>,
         bias: &Array<f32>,
-        mask: &Array<M>,
+        seed: u32,
+        threshold: u32,
         d_dropped: &Array<f32>,
         probs_out: &mut Array<O>,
         d_scores: &mut Array<f32>,
@@ -213,7 +224,7 @@ mod kernels {
         lowest: f32,
         #[comptime] dropout: bool,
         #[comptime] probabilities: bool,
-        #[define(F, O, M)] _dtypes: [StorageType; 3],
+        #[define(F, O)] _dtypes: [StorageType; 2],
     ) {
         let r = this_row();
         if r < rows {
@@ -235,10 +246,10 @@ mod kernels {
                 }
                 let p = f32::exp(score::<F>(scores, bias, &row, i) - max) / sum;
                 let index = row.start + i;
-                dot += dropped::<M>(d_dropped[index], mask, index, inv_keep, dropout) * p;
+                dot += dropped(d_dropped[index], seed, threshold, index, inv_keep, dropout) * p;
                 if probabilities {
                     probs_out[index] =
-                        O::cast_from(dropped::<M>(p, mask, index, inv_keep, dropout));
+                        O::cast_from(dropped(p, seed, threshold, index, inv_keep, dropout));
                 }
                 i += CUBE_DIM_X as usize;
             }
@@ -250,7 +261,7 @@ mod kernels {
                 }
                 let p = f32::exp(score::<F>(scores, bias, &row, i) - max) / sum;
                 let index = row.start + i;
-                let dp = dropped::<M>(d_dropped[index], mask, index, inv_keep, dropout);
+                let dp = dropped(d_dropped[index], seed, threshold, index, inv_keep, dropout);
                 d_scores[index] = p * (dp - dot) / root;
                 i += CUBE_DIM_X as usize;
             }
@@ -260,29 +271,34 @@ mod kernels {
 
 /// Whether the kernels take this softmax: `I` is burn's fused CUDA backend,
 /// the scores are f32 or bf16 and the bias f32.
-pub(crate) fn applies<I: Backend>(scores: &FloatTensor<I>, bias: &FloatTensor<I>) -> bool {
+pub(crate) fn applies<I: Backend>(scores: DType, bias: DType) -> bool {
     TypeId::of::<I>() == TypeId::of::<Cuda>()
-        && matches!(scores.dtype(), DType::F32 | DType::BF16)
-        && bias.dtype() == DType::F32
+        && matches!(scores, DType::F32 | DType::BF16)
+        && bias == DType::F32
 }
 
-/// The dropout's mask (true where a value is dropped) and keep probability.
-pub(crate) type Mask<I> = Option<(BoolTensor<I>, f64)>;
+/// The dropout's seed and keep probability (ftl's own draws, see
+/// `super::dropout`).
+pub(crate) type Draw = Option<(u32, f64)>;
 
 /// The settings every launch shares.
 #[derive(Debug, Clone, Copy)]
 struct Rows {
     root: f32,
     inv_keep: f32,
+    seed: u32,
+    threshold: u32,
     dropout: bool,
 }
 
 impl Rows {
-    fn new(root: f64, keep: Option<f64>) -> Self {
+    fn new(root: f64, draw: Draw) -> Self {
         Rows {
             root: root as f32,
-            inv_keep: keep.map_or(1.0, |k| (1.0 / k) as f32),
-            dropout: keep.is_some(),
+            inv_keep: draw.map_or(1.0, |(_, k)| (1.0 / k) as f32),
+            seed: draw.map_or(0, |(seed, _)| seed),
+            threshold: draw.map_or(u32::MAX, |(_, k)| threshold(k)),
+            dropout: draw.is_some(),
         }
     }
 }
@@ -319,19 +335,6 @@ fn row_cubes(rows: usize) -> CubeCount {
     CubeCount::Static((rows as u32).div_ceil(ROWS_PER_CUBE), 1, 1)
 }
 
-/// The mask's tensor, or a one-byte stand-in that the kernels never read.
-fn mask_or_stand_in(
-    handles: &mut HandleContainer<<Inner as BackendIr>::Handle>,
-    desc: &CustomOpIr,
-    at: Option<usize>,
-    like: &burn_cubecl::tensor::CubeTensor<Runtime>,
-) -> burn_cubecl::tensor::CubeTensor<Runtime> {
-    match at {
-        Some(k) => contiguous(handles.get_bool_tensor::<Inner>(&desc.inputs[k])),
-        None => empty(like, Shape::new([1]), DType::U8),
-    }
-}
-
 #[derive(Debug)]
 struct Forward {
     desc: CustomOpIr,
@@ -343,12 +346,11 @@ impl Operation<FusionRuntime> for Forward {
     fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
         let scores = contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[0]));
         let bias = handles.get_float_tensor::<Inner>(&self.desc.inputs[1]);
-        let mask = mask_or_stand_in(handles, &self.desc, self.rows.dropout.then_some(2), &scores);
         let l = layout(&scores, &bias);
         let out = empty(&scores, scores.meta.shape().clone(), self.out);
-        let dtypes = [scores.dtype.into(), self.out.into(), mask.dtype.into()];
+        let dtypes = [scores.dtype.into(), self.out.into()];
         // SAFETY: `row < rows` and `i < keys` bound every index of the
-        // scores, the mask and the output (rows × keys values, contiguous);
+        // scores and the output (rows × keys values, contiguous);
         // the bias is read through its own strides within its shape, which
         // broadcasts to the scores'.
         unsafe {
@@ -358,7 +360,8 @@ impl Operation<FusionRuntime> for Forward {
                 CubeDim::new_2d(LANES, ROWS_PER_CUBE),
                 scores.clone().into_array_arg(),
                 bias.into_array_arg(),
-                mask.into_array_arg(),
+                self.rows.seed,
+                self.rows.threshold,
                 out.clone().into_array_arg(),
                 l.rows,
                 l.keys,
@@ -379,17 +382,8 @@ impl Operation<FusionRuntime> for Forward {
     }
 }
 
-fn inputs<I: Backend>(
-    scores: FloatTensor<I>,
-    bias: FloatTensor<I>,
-    mask: &Mask<I>,
-) -> (Vec<Fused>, Option<f64>) {
-    let mut inputs: Vec<Fused> = vec![same_type(scores), same_type(bias)];
-    let keep = mask.as_ref().map(|(m, keep)| {
-        inputs.push(same_type(m.clone()));
-        *keep
-    });
-    (inputs, keep)
+fn inputs<I: Backend>(scores: FloatTensor<I>, bias: FloatTensor<I>) -> Vec<Fused> {
+    vec![same_type(scores), same_type(bias)]
 }
 
 /// `dropout(softmax(scores / root + bias))` in `out` (the products'
@@ -398,13 +392,13 @@ fn inputs<I: Backend>(
 pub(crate) fn forward<I: Backend>(
     scores: FloatTensor<I>,
     bias: FloatTensor<I>,
-    mask: &Mask<I>,
+    draw: Draw,
     root: f64,
     out: DType,
 ) -> FloatTensor<I> {
     let shape = scores.shape();
-    let (inputs, keep) = inputs::<I>(scores, bias, mask);
-    let rows = Rows::new(root, keep);
+    let inputs = inputs::<I>(scores, bias);
+    let rows = Rows::new(root, draw);
     let mut outputs = register_typed(
         "ftl_attention_softmax",
         inputs,
@@ -429,8 +423,7 @@ impl Operation<FusionRuntime> for Backward {
         };
         let scores = get(handles, 0);
         let bias = handles.get_float_tensor::<Inner>(&self.desc.inputs[1]);
-        let mask = mask_or_stand_in(handles, &self.desc, self.rows.dropout.then_some(2), &scores);
-        let d_dropped = get(handles, if self.rows.dropout { 3 } else { 2 });
+        let d_dropped = get(handles, 2);
         let l = layout(&scores, &bias);
         let shape = scores.meta.shape().clone();
         let d_scores = empty(&scores, shape.clone(), DType::F32);
@@ -438,7 +431,7 @@ impl Operation<FusionRuntime> for Backward {
             Some(dtype) => (empty(&scores, shape, dtype), dtype),
             None => (empty(&scores, Shape::new([1]), DType::F32), DType::F32),
         };
-        let dtypes = [scores.dtype.into(), out.into(), mask.dtype.into()];
+        let dtypes = [scores.dtype.into(), out.into()];
         // SAFETY: as in the forward pass; `dropped` is written only when it
         // holds rows × keys values (`probabilities`).
         unsafe {
@@ -448,7 +441,8 @@ impl Operation<FusionRuntime> for Backward {
                 CubeDim::new_2d(LANES, ROWS_PER_CUBE),
                 scores.clone().into_array_arg(),
                 bias.into_array_arg(),
-                mask.into_array_arg(),
+                self.rows.seed,
+                self.rows.threshold,
                 d_dropped.into_array_arg(),
                 dropped.clone().into_array_arg(),
                 d_scores.clone().into_array_arg(),
@@ -484,15 +478,15 @@ impl Operation<FusionRuntime> for Backward {
 pub(crate) fn backward<I: Backend>(
     scores: FloatTensor<I>,
     bias: FloatTensor<I>,
-    mask: &Mask<I>,
+    draw: Draw,
     d_dropped: FloatTensor<I>,
     root: f64,
     probabilities: Option<DType>,
 ) -> (FloatTensor<I>, Option<FloatTensor<I>>) {
     let shape = scores.shape();
-    let (mut inputs, keep) = inputs::<I>(scores, bias, mask);
+    let mut inputs = inputs::<I>(scores, bias);
     inputs.push(same_type(d_dropped));
-    let rows = Rows::new(root, keep);
+    let rows = Rows::new(root, draw);
     let mut outputs = vec![(shape.clone(), DType::F32)];
     if let Some(dtype) = probabilities {
         outputs.push((shape, dtype));

@@ -29,6 +29,7 @@ use crate::runtime::backend::{self, Cpu, Target, cpu_device};
 use crate::runtime::error::{RuntimeError, RuntimeResult};
 use crate::runtime::fetch::{self, FetchOptions, Resolved};
 use crate::runtime::model::classifier::Classifier;
+use crate::runtime::model::dropout::Draws;
 use crate::runtime::model::head::{ClassificationHeadConfig, Pooling};
 use crate::runtime::model::{EncoderConfig, load_model_dir};
 use crate::runtime::tokenize::TextTokenizer;
@@ -623,6 +624,8 @@ fn execute_on<AB: AutodiffBackend>(
             let mut tokens = 0;
             for (k, idx) in group.iter().enumerate() {
                 AB::seed(&device, mix(t.seed, progress.step, k as u64));
+                // ftl's own dropout draws on CUDA (model::dropout).
+                Draws::seed(mix(t.seed, progress.step, k as u64));
                 let rows: Vec<&[i64]> = idx.iter().map(|&i| train_tokens[i].as_slice()).collect();
                 let (ids, mask, n) =
                     batch_tensors::<AB>(&rows, pad, max_tokens, shaping.fixed_length, &device);

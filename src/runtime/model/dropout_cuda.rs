@@ -1,0 +1,130 @@
+//! ftl's own dropout draws on CUDA (see [`super::dropout`]): whether value
+//! `i` is kept under a seed is a hash of the two, which any kernel can
+//! compute where it reads the value. [`kept`] is that hash as a cube
+//! function; [`dropped`] makes a mask from it where tensor operations want
+//! one (one operation of burn's fusion stream and one kernel, where burn's
+//! Bernoulli draw was a random-number kernel).
+
+use std::any::TypeId;
+
+use burn::backend::{Autodiff, Cuda};
+use burn::prelude::*;
+use burn::tensor::{DType, Shape};
+use burn_fusion::stream::Operation;
+use burn_ir::{BackendIr, CustomOpIr, HandleContainer};
+use cubecl::prelude::{CubeCount, CubeDim};
+
+use crate::runtime::backend::same_type;
+use crate::runtime::fusion_op::{FusionRuntime, Inner, empty_on, register_new};
+use crate::runtime::model::dropout::{Draws, threshold};
+
+/// Values each cube of the mask kernel writes.
+const CUBE: u32 = 256;
+
+pub(crate) mod kernels {
+    use cubecl::prelude::*;
+
+    /// One round of the hash: the same as `dropout::draw`'s on the host.
+    #[cube]
+    fn mix(x: u32) -> u32 {
+        let a = x ^ (x >> 16u32);
+        let b = a * 0x21F0_AAADu32;
+        let c = b ^ (b >> 15u32);
+        let d = c * 0x735A_2D97u32;
+        d ^ (d >> 15u32)
+    }
+
+    /// Whether value `index` is kept under `seed`: its draw is below
+    /// `threshold` (`dropout::threshold(keep)`).
+    #[cube]
+    pub fn kept(seed: u32, index: u32, threshold: u32) -> bool {
+        mix(mix(index) ^ seed) < threshold
+    }
+
+    /// 1 where a value is kept, 0 where it is dropped.
+    #[cube(launch_unchecked)]
+    pub(super) fn keep_mask(out: &mut Array<f32>, n: usize, seed: u32, threshold: u32) {
+        let i = ABSOLUTE_POS;
+        if i < n {
+            out[i] = select(
+                kept(seed, u32::cast_from(i), threshold),
+                f32::new(1.0),
+                f32::new(0.0),
+            );
+        }
+    }
+}
+
+/// Makes the mask of one seed.
+#[derive(Debug)]
+struct KeepMask {
+    desc: CustomOpIr,
+    device: cubecl::cuda::CudaDevice,
+    seed: u32,
+    threshold: u32,
+}
+
+impl Operation<FusionRuntime> for KeepMask {
+    fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
+        let shape = self.desc.outputs[0].shape.clone();
+        let n = shape.num_elements();
+        let out = empty_on(&self.device, shape, DType::F32);
+        // SAFETY: `i < n` bounds the only index; `out` holds n values.
+        unsafe {
+            kernels::keep_mask::launch_unchecked(
+                &out.client,
+                CubeCount::Static((n as u32).div_ceil(CUBE), 1, 1),
+                CubeDim::new_1d(CUBE),
+                out.clone().into_array_arg(),
+                n,
+                self.seed,
+                self.threshold,
+            )
+        };
+        handles.register_float_tensor::<Inner>(&self.desc.outputs[0].id, out);
+    }
+}
+
+/// The mask of `seed` with keep probability `keep` on a CUDA device: 1.0
+/// where a value is kept, 0.0 where it is dropped (a check compares
+/// kernels that draw for themselves against tensor operations with it).
+pub fn keep_mask<const D: usize>(
+    seed: u32,
+    keep: f64,
+    shape: [usize; D],
+    device: &cubecl::cuda::CudaDevice,
+) -> Tensor<Cuda, D> {
+    let threshold = threshold(keep);
+    let n: usize = shape.iter().product();
+    let mut out = register_new(
+        "ftl_dropout_mask",
+        device,
+        vec![(Shape::new([n]), DType::F32)],
+        |desc| KeepMask {
+            desc,
+            device: device.clone(),
+            seed,
+            threshold,
+        },
+    );
+    Tensor::<Cuda, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(same_type(
+        out.remove(0),
+    )))
+    .reshape(shape)
+}
+
+/// Where ftl's draws apply (training on burn's fused CUDA backend), the
+/// values a dropout of `shape` zeroes, drawn from the next seed; `None`
+/// elsewhere.
+pub(crate) fn dropped<B: Backend, const D: usize>(
+    shape: [usize; D],
+    keep: f64,
+    device: &B::Device,
+) -> Option<Tensor<B, D, Bool>> {
+    if TypeId::of::<B>() != TypeId::of::<Autodiff<Cuda>>() {
+        return None;
+    }
+    let device: &cubecl::cuda::CudaDevice = (device as &dyn std::any::Any).downcast_ref()?;
+    let mask = keep_mask(Draws::next(), keep, shape, device).equal_elem(0.0);
+    Some(Tensor::from_primitive(same_type(mask.into_primitive())))
+}
