@@ -2,10 +2,12 @@
 //! global allocator on the CPU, at the benchmarks' shapes (batch 32, 64
 //! tokens, dropout 0.1, bf16 products or fp32): the bytes alive after the
 //! forward pass that were not alive before it. burn's autodiff keeps the same
-//! tensors on every backend, so this is the count the estimator's
-//! activation term (`ftl estimate`, "activations") should match on CUDA
-//! for full fine-tuning and LoRA. QLoRA differs on the CPU: a packed base
-//! dequantizes again in the backward pass there.
+//! tensors on every backend, except the dropout masks that ftl's CUDA
+//! kernels draw again instead of keeping (`ftl::estimate::dropout_masks`):
+//! this count less those is what the estimator's activation term (`ftl
+//! estimate`, "activations") should match on CUDA for full fine-tuning and
+//! LoRA. QLoRA differs on the CPU: a packed base dequantizes again in the
+//! backward pass there.
 //!
 //! `cargo run --release --example activation_memory -- MODEL_DIR METHOD PRECISION`
 //! with METHOD `full` or `lora` (rank 8 on query and value, as

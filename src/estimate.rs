@@ -182,10 +182,11 @@ pub fn estimate(config: &RunConfig) -> MemoryEstimate {
     }
 }
 
-/// Bytes a training forward pass keeps for the backward pass, at the
-/// planned batch shape: counted tensor by tensor, and checked against a
+/// Bytes a training forward pass keeps for the backward pass on CUDA, at
+/// the planned batch shape: counted tensor by tensor, and checked against a
 /// counting allocator on the CPU (`tests/memory.rs`, and at the
-/// benchmarks' shapes `bench/activation_memory.rs`).
+/// benchmarks' shapes `bench/activation_memory.rs`), where the CPU's
+/// composition also keeps [`dropout_masks`].
 pub fn activations(config: &RunConfig) -> u64 {
     let d = &config.model.base.dims;
     let (b, s, h, i, heads, l) = (
@@ -206,11 +207,11 @@ pub fn activations(config: &RunConfig) -> u64 {
     let mask = u64::from(config.model.dropout > 0.0);
 
     // Per token of a layer: the two LayerNorms keep their normalised input
-    // (f32); the two dropouts on the hidden states keep one-byte masks;
-    // attention keeps q, k and v; GELU keeps its input.
-    let mut per_token = 2 * 4 * h + 2 * mask * h + 3 * attention * h + product * i;
-    // Attention's dropout mask, one byte per head, query and key.
-    let per_score = mask;
+    // (f32); attention keeps q, k and v; GELU keeps its input. The dropouts
+    // on the hidden states and on attention's probabilities keep nothing on
+    // CUDA: ftl's kernels draw their masks again in the backward pass
+    // (`dropout_masks` is what the CPU keeps for them).
+    let mut per_token = 2 * 4 * h + 3 * attention * h + product * i;
     // What each product reads, by the input it shares with the others:
     // q, k and v read the layer's input, o the context, the first
     // feed-forward product the block's input, the second GELU's output.
@@ -245,7 +246,7 @@ pub fn activations(config: &RunConfig) -> u64 {
             }
         }
     }
-    let per_layer = b * s * per_token + b * heads * s * s * per_score;
+    let per_layer = b * s * per_token;
     // Trained embeddings: their LayerNorm's normalised output and dropout mask.
     let embeddings = if full { b * s * (4 + mask) * h } else { 0 };
     // MPNet's relative-position bias, shared by every layer, which attention
@@ -272,6 +273,25 @@ pub fn activations(config: &RunConfig) -> u64 {
         0
     };
     l * per_layer + embeddings + bias + weight_copies
+}
+
+/// Bytes of dropout masks a training forward pass keeps where the
+/// dropouts are tensor operations (the CPU): one byte per value of the two
+/// dropouts on each layer's hidden states and of attention's probabilities.
+/// On CUDA ftl's kernels keep none of them ([`activations`]).
+pub fn dropout_masks(config: &RunConfig) -> u64 {
+    if config.model.dropout <= 0.0 {
+        return 0;
+    }
+    let d = &config.model.base.dims;
+    let (b, s, h, heads, l) = (
+        config.train.batch_size as u64,
+        config.dataset.max_tokens as u64,
+        d.hidden as u64,
+        d.heads as u64,
+        d.layers as u64,
+    );
+    l * (b * s * 2 * h + b * heads * s * s)
 }
 
 /// `512.0 MiB`, `8.00 GiB`.
@@ -332,14 +352,18 @@ mod tests {
     }
 
     #[test]
-    fn activations_grow_with_the_batch_and_the_square_of_the_length_for_attention() {
+    fn activations_grow_with_the_batch_and_with_the_length_only_through_the_cpus_masks() {
         // fp32 (the default): no weight copies, everything is per sequence.
         let a = activations(&run("full", 16, 64));
         let b = activations(&run("full", 32, 64));
         assert_eq!(b, 2 * a);
-        let short = activations(&run("lora(rank = 8)", 32, 32)) as f64;
-        let long = activations(&run("lora(rank = 8)", 32, 64)) as f64;
-        // Per token, and per head and key: more than double.
-        assert!(long > 2.0 * short, "{short} → {long}");
+        // Attention keeps q, k and v and computes the scores again, and on
+        // CUDA no dropout mask is kept: twice the length, twice the bytes.
+        let config = |s| run("lora(rank = 8)", 32, s);
+        let (short, long) = (config(32), config(64));
+        assert_eq!(activations(&long), 2 * activations(&short));
+        // The CPU's attention dropout keeps a mask per head, query and key.
+        let on_cpu = |c: &RunConfig| (activations(c) + dropout_masks(c)) as f64;
+        assert!(on_cpu(&long) > 2.0 * on_cpu(&short));
     }
 }
