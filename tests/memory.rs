@@ -241,8 +241,7 @@ fn the_estimate_counts_what_the_forward_pass_keeps() {
             drop(logits.sum().backward());
         }
         // The CPU's dropouts are tensor operations that keep their masks.
-        let estimate =
-            (ftl::estimate::activations(c) + ftl::estimate::dropout_masks(c)) as f64;
+        let estimate = (ftl::estimate::activations(c) + ftl::estimate::dropout_masks(c)) as f64;
         let error = kept as f64 / estimate - 1.0;
         eprintln!(
             "{}: kept {kept} bytes, estimated {estimate}, {:+.1}%",
