@@ -19,6 +19,12 @@
 //! backward pass run over fixed chunks of rows and then over the chunks, so
 //! the summation order, and the result, is the same on every run.
 //!
+//! The same kernels end a residual block, `LayerNorm(dropout(a) + residual)`
+//! ([`forward_sum`], for `LayerNorm::forward_residual`): x is made where the
+//! forward kernel reads it, the dropout drawn from its seed
+//! (`super::dropout`), and the backward kernel also writes a's gradient,
+//! `∂x ⊙ M / keep`, drawing the same mask again. Nothing more is kept.
+//!
 //! [`applies`] says when they are used: on burn's fused CUDA backend, with
 //! every tensor in f32. `bench/layer_norm_check.rs` checks them against the
 //! composition on the CPU.
