@@ -35,14 +35,18 @@ pub(crate) fn empty_f32(like: &CubeTensor<Runtime>, shape: Shape) -> CubeTensor<
 
 /// A new, uninitialised tensor of `dtype` on `like`'s device.
 pub(crate) fn empty(like: &CubeTensor<Runtime>, shape: Shape, dtype: DType) -> CubeTensor<Runtime> {
-    let handle = like.client.empty(shape.num_elements() * dtype.size());
-    CubeTensor::new_contiguous(
-        like.client.clone(),
-        like.device.clone(),
-        shape,
-        handle,
-        dtype,
-    )
+    empty_with(like.client.clone(), like.device.clone(), shape, dtype)
+}
+
+/// A new, uninitialised tensor of `dtype` through `client`.
+fn empty_with(
+    client: cubecl::client::ComputeClient<Runtime>,
+    device: cubecl::cuda::CudaDevice,
+    shape: Shape,
+    dtype: DType,
+) -> CubeTensor<Runtime> {
+    let handle = client.empty(shape.num_elements() * dtype.size());
+    CubeTensor::new_contiguous(client, device, shape, handle, dtype)
 }
 
 /// Registers the operation `op` makes from its description, named `name`,
@@ -85,9 +89,12 @@ pub(crate) fn empty_on(
     shape: Shape,
     dtype: DType,
 ) -> CubeTensor<Runtime> {
-    let client = <Runtime as cubecl::Runtime>::client(device);
-    let handle = client.empty(shape.num_elements() * dtype.size());
-    CubeTensor::new_contiguous(client, device.clone(), shape, handle, dtype)
+    empty_with(
+        <Runtime as cubecl::Runtime>::client(device),
+        device.clone(),
+        shape,
+        dtype,
+    )
 }
 
 /// [`register`] with each output's dtype given.

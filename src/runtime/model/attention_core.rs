@@ -49,7 +49,9 @@ use burn::tensor::ops::{BoolTensor, FloatTensor};
 use burn::tensor::{FloatDType, TensorMetadata, TensorPrimitive};
 
 use crate::runtime::backend::{Cpu, same_type};
-use crate::runtime::model::dropout::{Draws, Dropout};
+use crate::runtime::model::dropout::Dropout;
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+use crate::runtime::model::dropout::Seeded;
 use crate::runtime::model::projection::{to_full, to_half};
 
 /// `dropout(softmax(QKᵀ/√d + bias)) · V` for `q`, `k`, `v` of shape
@@ -151,23 +153,7 @@ pub fn own_backward<I: Backend>(
     half: bool,
     products: HalfBackward,
 ) -> Tensor<Autodiff<I>, 4> {
-    let [batch, heads, seq, _] = q.dims();
-    let kernels = uses_kernels::<I>(q.dtype(), bias.dtype());
-    // Drawn where the composition draws it: after the scores, before
-    // anything else of this layer. ftl's kernels draw for themselves from a
-    // seed; the composition reads a mask.
-    let (dropped, draw) = if kernels {
-        let draw = (dropout.prob > 0.0).then(|| (Draws::next(), dropout.keep()));
-        (None, draw)
-    } else {
-        let dropped = dropout
-            .dropped::<Autodiff<I>, 4>([batch, heads, seq, seq], &q.device())
-            .map(|mask| Dropped {
-                mask: mask.into_primitive(),
-                keep: dropout.keep(),
-            });
-        (dropped, None)
-    };
+    let softmax = softmax_for::<I>(&q, &bias, dropout);
     let q = q.into_primitive().tensor();
     let k = k.into_primitive().tensor();
     let v = v.into_primitive().tensor();
@@ -183,9 +169,7 @@ pub fn own_backward<I: Backend>(
         k: k.primitive,
         v: v.primitive,
         bias: bias.primitive,
-        dropped,
-        draw,
-        kernels,
+        softmax,
         half,
         products,
     };
@@ -209,38 +193,53 @@ struct Dropped<I: Backend> {
     keep: f64,
 }
 
-/// What the backward pass keeps: the inputs and the dropout's mask (the
-/// composition) or seed (ftl's kernels).
+/// How the softmax and its dropout run, the same in both passes.
+#[derive(Clone, Debug)]
+enum Softmax<I: Backend> {
+    /// As tensor operations, the dropout reading a mask.
+    Composition(Option<Dropped<I>>),
+    /// As ftl's CUDA kernels (`softmax_cuda`), which draw the dropout
+    /// themselves from its seed.
+    #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+    Kernels(Option<Seeded>),
+}
+
+/// Where the softmax runs for these scores' and bias's dtypes, with the
+/// dropout drawn where the composition draws it: after the scores, before
+/// anything else of this layer.
+fn softmax_for<I: Backend>(
+    q: &Tensor<Autodiff<I>, 4>,
+    bias: &Tensor<Autodiff<I>, 4>,
+    dropout: &Dropout,
+) -> Softmax<I> {
+    #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+    if super::softmax_cuda::applies::<I>(q.dtype(), bias.dtype()) {
+        return Softmax::Kernels(dropout.seeded());
+    }
+    #[cfg(not(all(feature = "cuda", not(feature = "unfused"))))]
+    let _ = bias;
+    let [batch, heads, seq, _] = q.dims();
+    Softmax::Composition(
+        dropout
+            .dropped::<Autodiff<I>, 4>([batch, heads, seq, seq], &q.device())
+            .map(|mask| Dropped {
+                mask: mask.into_primitive(),
+                keep: dropout.keep(),
+            }),
+    )
+}
+
+/// What the backward pass keeps: the inputs and how the softmax ran (with
+/// the composition's dropout mask, or the kernels' seed).
 #[derive(Clone, Debug)]
 struct State<I: Backend> {
     q: FloatTensor<I>,
     k: FloatTensor<I>,
     v: FloatTensor<I>,
     bias: FloatTensor<I>,
-    /// The composition's dropout.
-    dropped: Option<Dropped<I>>,
-    /// The kernels' dropout: seed and keep probability.
-    #[cfg_attr(not(all(feature = "cuda", not(feature = "unfused"))), allow(dead_code))]
-    draw: Option<(u32, f64)>,
-    /// Whether the softmax runs as ftl's CUDA kernels, in both passes.
-    #[cfg_attr(not(all(feature = "cuda", not(feature = "unfused"))), allow(dead_code))]
-    kernels: bool,
+    softmax: Softmax<I>,
     half: bool,
     products: HalfBackward,
-}
-
-/// Whether the softmax runs as ftl's CUDA kernels for scores and a bias of
-/// these dtypes (`softmax_cuda::applies`).
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
-fn uses_kernels<I: Backend>(scores: burn::tensor::DType, bias: burn::tensor::DType) -> bool {
-    super::softmax_cuda::applies::<I>(scores, bias)
-}
-
-/// Without fused CUDA there are no kernels.
-#[allow(clippy::extra_unused_type_parameters)]
-#[cfg(not(all(feature = "cuda", not(feature = "unfused"))))]
-fn uses_kernels<I: Backend>(_: burn::tensor::DType, _: burn::tensor::DType) -> bool {
-    false
 }
 
 /// `QKᵀ`, in the products' dtype.
@@ -288,20 +287,28 @@ fn apply_dropout<I: Backend>(t: FloatTensor<I>, dropped: &Option<Dropped<I>>) ->
 
 /// The dropped probabilities in the products' dtype: by ftl's CUDA kernel
 /// where it applies ([`super::softmax_cuda`]), else by the composition.
+// One arm without fused CUDA, two with it.
+#[cfg_attr(
+    not(all(feature = "cuda", not(feature = "unfused"))),
+    allow(clippy::infallible_destructuring_match)
+)]
 fn dropped_probabilities<I: Backend>(s: &State<I>) -> FloatTensor<I> {
     let scores = scores::<I>(s);
-    #[cfg(all(feature = "cuda", not(feature = "unfused")))]
-    if s.kernels {
-        return super::softmax_cuda::forward::<I>(
-            scores,
-            s.bias.clone(),
-            s.draw,
-            root::<I>(s),
-            product_dtype::<I>(s),
-        );
-    }
+    let dropped = match &s.softmax {
+        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+        Softmax::Kernels(draw) => {
+            return super::softmax_cuda::forward::<I>(
+                scores,
+                s.bias.clone(),
+                *draw,
+                root::<I>(s),
+                product_dtype::<I>(s),
+            );
+        }
+        Softmax::Composition(dropped) => dropped,
+    };
     let probs = probabilities::<I>(s, scores);
-    to_product_dtype::<I>(s, apply_dropout::<I>(probs, &s.dropped))
+    to_product_dtype::<I>(s, apply_dropout::<I>(probs, dropped))
 }
 
 /// `t` (f32) in the products' dtype.
@@ -342,6 +349,11 @@ fn register_dv<I: Backend>(
 /// CUDA kernel where it applies ([`super::softmax_cuda`]), which gives the
 /// dropped probabilities for V's gradient in the same pass; else by the
 /// composition.
+// One arm without fused CUDA, two with it.
+#[cfg_attr(
+    not(all(feature = "cuda", not(feature = "unfused"))),
+    allow(clippy::infallible_destructuring_match)
+)]
 fn score_gradient<I: Backend>(
     s: &State<I>,
     grad: FloatTensor<I>,
@@ -352,29 +364,32 @@ fn score_gradient<I: Backend>(
 ) -> FloatTensor<I> {
     let root = root::<I>(s);
     let scores = scores::<I>(s);
-    #[cfg(all(feature = "cuda", not(feature = "unfused")))]
-    if s.kernels {
-        let (scaled, dropped) = super::softmax_cuda::backward::<I>(
-            scores,
-            s.bias.clone(),
-            s.draw,
-            d_dropped,
-            root,
-            v.is_some().then(|| product_dtype::<I>(s)),
-        );
-        if let Some(dropped) = dropped {
-            register_dv::<I>(grads, v, dropped, grad);
+    let dropped = match &s.softmax {
+        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+        Softmax::Kernels(draw) => {
+            let (scaled, dropped) = super::softmax_cuda::backward::<I>(
+                scores,
+                s.bias.clone(),
+                *draw,
+                d_dropped,
+                root,
+                v.is_some().then(|| product_dtype::<I>(s)),
+            );
+            if let Some(dropped) = dropped {
+                register_dv::<I>(grads, v, dropped, grad);
+            }
+            if let Some(id) = bias {
+                let unscaled = I::float_mul_scalar(scaled.clone(), root.into());
+                grads.register::<I>(id, sum_to::<I>(unscaled, &s.bias.shape()));
+            }
+            return scaled;
         }
-        if let Some(id) = bias {
-            let unscaled = I::float_mul_scalar(scaled.clone(), root.into());
-            grads.register::<I>(id, sum_to::<I>(unscaled, &s.bias.shape()));
-        }
-        return scaled;
-    }
+        Softmax::Composition(dropped) => dropped,
+    };
     let probs = probabilities::<I>(s, scores);
-    let dropped = apply_dropout::<I>(probs.clone(), &s.dropped);
-    register_dv::<I>(grads, v, to_product_dtype::<I>(s, dropped), grad);
-    let d_probs = apply_dropout::<I>(d_dropped, &s.dropped);
+    let dropped_probs = apply_dropout::<I>(probs.clone(), dropped);
+    register_dv::<I>(grads, v, to_product_dtype::<I>(s, dropped_probs), grad);
+    let d_probs = apply_dropout::<I>(d_dropped, dropped);
     let row = I::float_sum_dim(I::float_mul(d_probs.clone(), probs.clone()), 3);
     let d_scores = I::float_mul(probs, I::float_sub(d_probs, row));
     if let Some(id) = bias {

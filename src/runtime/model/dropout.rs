@@ -89,8 +89,9 @@ impl Dropout {
     }
 
     /// The values [`Dropout::forward`] zeroes on an input of `shape` (true
-    /// where dropped): burn's Bernoulli draws in f32; `None` where it drops
-    /// nothing (outside training, or with probability 0).
+    /// where dropped): burn's Bernoulli draws in f32, or on fused CUDA ftl's
+    /// own from the next seed; `None` where it drops nothing (outside
+    /// training, or with probability 0).
     pub fn dropped<B: Backend, const D: usize>(
         &self,
         shape: [usize; D],
@@ -115,6 +116,26 @@ impl Dropout {
     pub fn keep(&self) -> f64 {
         1.0 - self.prob
     }
+
+    /// This dropout as a kernel that draws for itself takes it: the next
+    /// seed and the keep probability; `None` with probability 0. For
+    /// training only: the caller knows gradients are recorded.
+    pub fn seeded(&self) -> Option<Seeded> {
+        (self.prob > 0.0).then(|| Seeded {
+            seed: Draws::next(),
+            keep: self.keep(),
+        })
+    }
+}
+
+/// One dropout drawn by ftl's kernels: the seed of its draws ([`draw`])
+/// and the probability of keeping a value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Seeded {
+    /// The seed, from [`Draws`].
+    pub seed: u32,
+    /// The probability of keeping a value.
+    pub keep: f64,
 }
 
 #[cfg(test)]

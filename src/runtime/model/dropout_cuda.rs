@@ -1,9 +1,10 @@
 //! ftl's own dropout draws on CUDA (see [`super::dropout`]): whether value
 //! `i` is kept under a seed is a hash of the two, which any kernel can
-//! compute where it reads the value. [`kept`] is that hash as a cube
-//! function; [`dropped`] makes a mask from it where tensor operations want
-//! one (one operation of burn's fusion stream and one kernel, where burn's
-//! Bernoulli draw was a random-number kernel).
+//! compute where it reads the value. `kernels::kept` is that hash as a cube
+//! function and `kernels::dropped` applies it to one value, with the
+//! settings [`KernelDraw`] gives a launch; [`dropped`] makes a mask from it
+//! where tensor operations want one (one operation of burn's fusion stream
+//! and one kernel, where burn's Bernoulli draw was a random-number kernel).
 
 use std::any::TypeId;
 
@@ -16,7 +17,7 @@ use cubecl::prelude::{CubeCount, CubeDim};
 
 use crate::runtime::backend::same_type;
 use crate::runtime::fusion_op::{FusionRuntime, Inner, empty_on, register_new};
-use crate::runtime::model::dropout::{Draws, threshold};
+use crate::runtime::model::dropout::{Draws, Seeded, threshold};
 
 /// Values each cube of the mask kernel writes.
 const CUBE: u32 = 256;
@@ -37,8 +38,31 @@ pub(crate) mod kernels {
     /// Whether value `index` is kept under `seed`: its draw is below
     /// `threshold` (`dropout::threshold(keep)`).
     #[cube]
-    pub fn kept(seed: u32, index: u32, threshold: u32) -> bool {
+    fn kept(seed: u32, index: u32, threshold: u32) -> bool {
         mix(mix(index) ^ seed) < threshold
+    }
+
+    /// One dropout's settings inside a kernel (`super::KernelDraw`).
+    #[derive(CubeType)]
+    pub struct Draw {
+        pub seed: u32,
+        pub threshold: u32,
+        pub inv_keep: f32,
+    }
+
+    /// `t ⊙ M / keep` for value `index`: `t / keep` where it is kept, 0
+    /// where it is dropped; `t` where there is no dropout.
+    #[cube]
+    pub fn dropped(t: f32, index: usize, draw: &Draw, #[comptime] dropout: bool) -> f32 {
+        if dropout {
+            select(
+                kept(draw.seed, u32::cast_from(index), draw.threshold),
+                t * draw.inv_keep,
+                f32::new(0.0),
+            )
+        } else {
+            t
+        }
     }
 
     /// 1 where a value is kept, 0 where it is dropped.
@@ -85,10 +109,30 @@ impl Operation<FusionRuntime> for KeepMask {
     }
 }
 
+/// A dropout's draw as a launch takes it: seed, threshold and 1 / keep
+/// (`dropout` false: no dropout, the rest unused).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KernelDraw {
+    pub seed: u32,
+    pub threshold: u32,
+    pub inv_keep: f32,
+    pub dropout: bool,
+}
+
+impl KernelDraw {
+    pub(crate) fn new(draw: Option<Seeded>) -> Self {
+        KernelDraw {
+            seed: draw.map_or(0, |d| d.seed),
+            threshold: draw.map_or(u32::MAX, |d| threshold(d.keep)),
+            inv_keep: draw.map_or(1.0, |d| (1.0 / d.keep) as f32),
+            dropout: draw.is_some(),
+        }
+    }
+}
+
 /// The mask of `seed` with keep probability `keep` on a CUDA device: 1.0
-/// where a value is kept, 0.0 where it is dropped (a check compares
-/// kernels that draw for themselves against tensor operations with it).
-pub fn keep_mask<const D: usize>(
+/// where a value is kept, 0.0 where it is dropped.
+fn keep_mask<const D: usize>(
     seed: u32,
     keep: f64,
     shape: [usize; D],

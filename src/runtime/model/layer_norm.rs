@@ -40,9 +40,9 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Shape, TensorMetadata, TensorPrimitive};
 
 use crate::runtime::backend::{Cpu, same_type};
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
-use crate::runtime::model::dropout::Draws;
 use crate::runtime::model::dropout::Dropout;
+#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+use crate::runtime::model::dropout::Seeded;
 
 /// `γ · (x − mean x) / √(var x + ε) + β` over the last dimension. Its
 /// parameters keep burn's names (`gamma`, `beta`), so checkpoints and
@@ -131,7 +131,7 @@ impl<B: Backend> LayerNorm<B> {
         {
             return Err((a, residual));
         }
-        let draw = (dropout.prob > 0.0).then(|| (Draws::next(), dropout.keep()));
+        let draw = dropout.seeded();
         let a: Tensor<Autodiff<Cuda>, D> = same_type(a);
         let residual: Tensor<Autodiff<Cuda>, D> = same_type(residual);
         let gamma: Tensor<Autodiff<Cuda>, 1> = same_type(self.gamma.val());
@@ -304,8 +304,8 @@ fn layer_norm<I: Backend>(
 #[cfg(all(feature = "cuda", not(feature = "unfused")))]
 #[derive(Debug)]
 struct ResidualBackward {
-    /// The dropout's seed and keep probability.
-    draw: Option<(u32, f64)>,
+    /// The dropout's draw.
+    draw: Option<Seeded>,
 }
 
 #[cfg(all(feature = "cuda", not(feature = "unfused")))]
@@ -350,7 +350,7 @@ fn residual_layer_norm(
     gamma: FloatTensor<Autodiff<burn::backend::Cuda>>,
     beta: FloatTensor<Autodiff<burn::backend::Cuda>>,
     epsilon: f64,
-    draw: Option<(u32, f64)>,
+    draw: Option<Seeded>,
 ) -> FloatTensor<Autodiff<burn::backend::Cuda>> {
     use burn::backend::Cuda;
     let nodes = [

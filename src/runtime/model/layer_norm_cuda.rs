@@ -41,7 +41,8 @@ use cubecl::prelude::{CubeCount, CubeDim};
 
 use crate::runtime::backend::same_type;
 use crate::runtime::fusion_op::{Fused, FusionRuntime, Inner, contiguous, empty_f32, register};
-use crate::runtime::model::dropout::threshold;
+use crate::runtime::model::dropout::Seeded;
+use crate::runtime::model::dropout_cuda::KernelDraw;
 
 /// Lanes of a warp: one row's share each.
 const LANES: u32 = 32;
@@ -54,16 +55,8 @@ const CHUNK_ROWS: usize = 16;
 const COLUMN_CUBE: u32 = 256;
 
 mod kernels {
-    use crate::runtime::model::dropout_cuda::kernels::kept;
+    use crate::runtime::model::dropout_cuda::kernels::{Draw, dropped};
     use cubecl::prelude::*;
-
-    /// The dropout and the residual sum's settings.
-    #[derive(CubeType)]
-    pub(super) struct Sum {
-        seed: u32,
-        threshold: u32,
-        inv_keep: f32,
-    }
 
     /// The normalised input at `index`: `a`, or `dropout(a) + residual`.
     #[cube]
@@ -71,18 +64,11 @@ mod kernels {
         a: &Array<f32>,
         residual: &Array<f32>,
         index: usize,
-        sum: &Sum,
+        draw: &Draw,
         #[comptime] add: bool,
         #[comptime] dropout: bool,
     ) -> f32 {
-        let mut x = a[index];
-        if dropout {
-            x = select(
-                kept(sum.seed, u32::cast_from(index), sum.threshold),
-                x * sum.inv_keep,
-                f32::new(0.0),
-            );
-        }
+        let mut x = dropped(a[index], index, draw, dropout);
         if add {
             x += residual[index];
         }
@@ -111,7 +97,7 @@ mod kernels {
         #[comptime] add: bool,
         #[comptime] dropout: bool,
     ) {
-        let sum = Sum {
+        let draw = Draw {
             seed,
             threshold,
             inv_keep,
@@ -127,7 +113,7 @@ mod kernels {
                 if i >= width {
                     break;
                 }
-                total += input(a, residual, start + i, &sum, add, dropout);
+                total += input(a, residual, start + i, &draw, add, dropout);
                 i += lanes;
             }
             let mean = plane_sum(total) * inv_width;
@@ -137,7 +123,7 @@ mod kernels {
                 if i >= width {
                     break;
                 }
-                let c = input(a, residual, start + i, &sum, add, dropout) - mean;
+                let c = input(a, residual, start + i, &draw, add, dropout) - mean;
                 squares += c * c;
                 i += lanes;
             }
@@ -147,7 +133,7 @@ mod kernels {
                 if i >= width {
                     break;
                 }
-                let n = (input(a, residual, start + i, &sum, add, dropout) - mean) / sigma;
+                let n = (input(a, residual, start + i, &draw, add, dropout) - mean) / sigma;
                 normalized[start + i] = n;
                 y[start + i] = n * gamma[i] + beta[i];
                 i += lanes;
@@ -177,6 +163,11 @@ mod kernels {
         inv_width: f32,
         #[comptime] dropout: bool,
     ) {
+        let draw = Draw {
+            seed,
+            threshold,
+            inv_keep,
+        };
         let row = CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
         if row < rows {
             let lane = UNIT_POS_X as usize;
@@ -207,11 +198,7 @@ mod kernels {
                 let d = (g - mean - normalized[index] * mean_dot) / sigma;
                 dx[index] = d;
                 if dropout {
-                    da[index] = select(
-                        kept(seed, u32::cast_from(index), threshold),
-                        d * inv_keep,
-                        f32::new(0.0),
-                    );
+                    da[index] = dropped(d, index, &draw, dropout);
                 }
                 i += lanes;
             }
@@ -298,27 +285,6 @@ fn row_cubes(rows: usize) -> CubeCount {
     CubeCount::Static((rows as u32).div_ceil(ROWS_PER_CUBE), 1, 1)
 }
 
-/// The residual sum's dropout, as the kernels take it: seed, threshold
-/// and 1 / keep (`dropout` false: none).
-#[derive(Debug, Clone, Copy)]
-struct Draw {
-    seed: u32,
-    threshold: u32,
-    inv_keep: f32,
-    dropout: bool,
-}
-
-impl Draw {
-    fn new(draw: Option<(u32, f64)>) -> Self {
-        Draw {
-            seed: draw.map_or(0, |(seed, _)| seed),
-            threshold: draw.map_or(u32::MAX, |(_, keep)| threshold(keep)),
-            inv_keep: draw.map_or(1.0, |(_, keep)| (1.0 / keep) as f32),
-            dropout: draw.is_some(),
-        }
-    }
-}
-
 /// The operation's shapes and settings.
 #[derive(Debug)]
 struct Forward {
@@ -326,7 +292,7 @@ struct Forward {
     epsilon: f32,
     /// Whether a residual (the fourth input) is added after the dropout.
     add: bool,
-    draw: Draw,
+    draw: KernelDraw,
 }
 
 impl Operation<FusionRuntime> for Forward {
@@ -397,7 +363,7 @@ pub(crate) fn forward_sum<I: Backend>(
     gamma: FloatTensor<I>,
     beta: FloatTensor<I>,
     epsilon: f64,
-    draw: Option<(u32, f64)>,
+    draw: Option<Seeded>,
 ) -> [FloatTensor<I>; 3] {
     let shape = a.shape();
     let mut deviation = shape.clone();
@@ -418,7 +384,7 @@ pub(crate) fn forward_sum<I: Backend>(
             desc,
             epsilon: epsilon as f32,
             add,
-            draw: Draw::new(draw),
+            draw: KernelDraw::new(draw),
         },
     );
     let [y, normalized, deviation]: [Fused; 3] = out
@@ -432,7 +398,7 @@ struct Backward {
     desc: CustomOpIr,
     input: bool,
     parameters: bool,
-    draw: Draw,
+    draw: KernelDraw,
 }
 
 impl Operation<FusionRuntime> for Backward {
@@ -530,7 +496,7 @@ pub(crate) fn backward<I: Backend>(
     gamma: FloatTensor<I>,
     input: bool,
     parameters: bool,
-    draw: Option<(u32, f64)>,
+    draw: Option<Seeded>,
 ) -> [Option<FloatTensor<I>>; 4] {
     if !input && !parameters {
         return [None, None, None, None];
@@ -558,7 +524,7 @@ pub(crate) fn backward<I: Backend>(
             desc,
             input,
             parameters,
-            draw: Draw::new(draw),
+            draw: KernelDraw::new(draw),
         },
     );
     let mut out = out.into_iter().map(back::<I>);

@@ -24,7 +24,7 @@ pub mod classifier;
 pub mod config;
 pub mod dropout;
 #[cfg(all(feature = "cuda", not(feature = "unfused")))]
-pub mod dropout_cuda;
+mod dropout_cuda;
 pub mod embeddings;
 pub mod encoder;
 pub mod feed_forward;

@@ -46,7 +46,8 @@ use crate::runtime::backend::same_type;
 use crate::runtime::fusion_op::{
     Fused, FusionRuntime, Inner, Runtime, contiguous, empty, register_typed,
 };
-use crate::runtime::model::dropout::threshold;
+use crate::runtime::model::dropout::Seeded;
+use crate::runtime::model::dropout_cuda::KernelDraw;
 
 /// Lanes of a warp: one row's share each.
 const LANES: u32 = 32;
@@ -54,7 +55,7 @@ const LANES: u32 = 32;
 const ROWS_PER_CUBE: u32 = 8;
 
 mod kernels {
-    use crate::runtime::model::dropout_cuda::kernels::kept;
+    use crate::runtime::model::dropout_cuda::kernels::{Draw, dropped};
     use cubecl::prelude::*;
 
     /// Where row `row`'s bias starts: the row is (batch, head, query) of
@@ -123,32 +124,33 @@ mod kernels {
         plane_sum(sum)
     }
 
-    /// `t ⊙ M / keep` at score `index` (`t` where there is no dropout):
-    /// whether it is kept is drawn from the seed (`super::dropout_cuda`).
-    #[cube]
-    fn dropped(
-        t: f32,
-        seed: u32,
-        threshold: u32,
-        index: usize,
-        inv_keep: f32,
-        #[comptime] dropout: bool,
-    ) -> f32 {
-        if dropout {
-            select(
-                kept(seed, u32::cast_from(index), threshold),
-                t * inv_keep,
-                f32::new(0.0),
-            )
-        } else {
-            t
-        }
-    }
-
     /// The row this warp handles (past the last one in the last cube).
     #[cube]
     fn this_row() -> usize {
         CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize
+    }
+
+    /// Row `r` of `[batch, heads, queries, keys]` scores, with its bias.
+    #[allow(clippy::too_many_arguments)]
+    #[cube]
+    fn row_at(
+        r: usize,
+        keys: usize,
+        heads: usize,
+        queries: usize,
+        bias_batch: usize,
+        bias_head: usize,
+        bias_query: usize,
+        bias_key: usize,
+        root: f32,
+    ) -> Row {
+        Row {
+            start: r * keys,
+            at: bias_start(r, heads, queries, bias_batch, bias_head, bias_query),
+            keys,
+            bias_key,
+            root,
+        }
     }
 
     /// One row per warp: the dropped probabilities, in `O`.
@@ -176,12 +178,13 @@ mod kernels {
     ) {
         let r = this_row();
         if r < rows {
-            let row = Row {
-                start: r * keys,
-                at: bias_start(r, heads, queries, bias_batch, bias_head, bias_query),
-                keys,
-                bias_key,
-                root,
+            let row = row_at(
+                r, keys, heads, queries, bias_batch, bias_head, bias_query, bias_key, root,
+            );
+            let draw = Draw {
+                seed,
+                threshold,
+                inv_keep,
             };
             let max = row_max::<F>(scores, bias, &row, lowest);
             let sum = row_sum::<F>(scores, bias, &row, max);
@@ -192,7 +195,7 @@ mod kernels {
                 }
                 let p = f32::exp(score::<F>(scores, bias, &row, i) - max) / sum;
                 let index = row.start + i;
-                out[index] = O::cast_from(dropped(p, seed, threshold, index, inv_keep, dropout));
+                out[index] = O::cast_from(dropped(p, index, &draw, dropout));
                 i += CUBE_DIM_X as usize;
             }
         }
@@ -228,12 +231,13 @@ mod kernels {
     ) {
         let r = this_row();
         if r < rows {
-            let row = Row {
-                start: r * keys,
-                at: bias_start(r, heads, queries, bias_batch, bias_head, bias_query),
-                keys,
-                bias_key,
-                root,
+            let row = row_at(
+                r, keys, heads, queries, bias_batch, bias_head, bias_query, bias_key, root,
+            );
+            let draw = Draw {
+                seed,
+                threshold,
+                inv_keep,
             };
             let max = row_max::<F>(scores, bias, &row, lowest);
             let sum = row_sum::<F>(scores, bias, &row, max);
@@ -246,10 +250,9 @@ mod kernels {
                 }
                 let p = f32::exp(score::<F>(scores, bias, &row, i) - max) / sum;
                 let index = row.start + i;
-                dot += dropped(d_dropped[index], seed, threshold, index, inv_keep, dropout) * p;
+                dot += dropped(d_dropped[index], index, &draw, dropout) * p;
                 if probabilities {
-                    probs_out[index] =
-                        O::cast_from(dropped(p, seed, threshold, index, inv_keep, dropout));
+                    probs_out[index] = O::cast_from(dropped(p, index, &draw, dropout));
                 }
                 i += CUBE_DIM_X as usize;
             }
@@ -261,7 +264,7 @@ mod kernels {
                 }
                 let p = f32::exp(score::<F>(scores, bias, &row, i) - max) / sum;
                 let index = row.start + i;
-                let dp = dropped(d_dropped[index], seed, threshold, index, inv_keep, dropout);
+                let dp = dropped(d_dropped[index], index, &draw, dropout);
                 d_scores[index] = p * (dp - dot) / root;
                 i += CUBE_DIM_X as usize;
             }
@@ -277,28 +280,18 @@ pub(crate) fn applies<I: Backend>(scores: DType, bias: DType) -> bool {
         && bias == DType::F32
 }
 
-/// The dropout's seed and keep probability (ftl's own draws, see
-/// `super::dropout`).
-pub(crate) type Draw = Option<(u32, f64)>;
-
 /// The settings every launch shares.
 #[derive(Debug, Clone, Copy)]
 struct Rows {
     root: f32,
-    inv_keep: f32,
-    seed: u32,
-    threshold: u32,
-    dropout: bool,
+    draw: KernelDraw,
 }
 
 impl Rows {
-    fn new(root: f64, draw: Draw) -> Self {
+    fn new(root: f64, draw: Option<Seeded>) -> Self {
         Rows {
             root: root as f32,
-            inv_keep: draw.map_or(1.0, |(_, k)| (1.0 / k) as f32),
-            seed: draw.map_or(0, |(seed, _)| seed),
-            threshold: draw.map_or(u32::MAX, |(_, k)| threshold(k)),
-            dropout: draw.is_some(),
+            draw: KernelDraw::new(draw),
         }
     }
 }
@@ -360,8 +353,8 @@ impl Operation<FusionRuntime> for Forward {
                 CubeDim::new_2d(LANES, ROWS_PER_CUBE),
                 scores.clone().into_array_arg(),
                 bias.into_array_arg(),
-                self.rows.seed,
-                self.rows.threshold,
+                self.rows.draw.seed,
+                self.rows.draw.threshold,
                 out.clone().into_array_arg(),
                 l.rows,
                 l.keys,
@@ -372,9 +365,9 @@ impl Operation<FusionRuntime> for Forward {
                 l.bias[2],
                 l.bias[3],
                 self.rows.root,
-                self.rows.inv_keep,
+                self.rows.draw.inv_keep,
                 f32::NEG_INFINITY,
-                self.rows.dropout,
+                self.rows.draw.dropout,
                 dtypes,
             )
         };
@@ -392,7 +385,7 @@ fn inputs<I: Backend>(scores: FloatTensor<I>, bias: FloatTensor<I>) -> Vec<Fused
 pub(crate) fn forward<I: Backend>(
     scores: FloatTensor<I>,
     bias: FloatTensor<I>,
-    draw: Draw,
+    draw: Option<Seeded>,
     root: f64,
     out: DType,
 ) -> FloatTensor<I> {
@@ -441,8 +434,8 @@ impl Operation<FusionRuntime> for Backward {
                 CubeDim::new_2d(LANES, ROWS_PER_CUBE),
                 scores.clone().into_array_arg(),
                 bias.into_array_arg(),
-                self.rows.seed,
-                self.rows.threshold,
+                self.rows.draw.seed,
+                self.rows.draw.threshold,
                 d_dropped.into_array_arg(),
                 dropped.clone().into_array_arg(),
                 d_scores.clone().into_array_arg(),
@@ -455,9 +448,9 @@ impl Operation<FusionRuntime> for Backward {
                 l.bias[2],
                 l.bias[3],
                 self.rows.root,
-                self.rows.inv_keep,
+                self.rows.draw.inv_keep,
                 f32::NEG_INFINITY,
-                self.rows.dropout,
+                self.rows.draw.dropout,
                 self.probabilities.is_some(),
                 dtypes,
             )
@@ -478,7 +471,7 @@ impl Operation<FusionRuntime> for Backward {
 pub(crate) fn backward<I: Backend>(
     scores: FloatTensor<I>,
     bias: FloatTensor<I>,
-    draw: Draw,
+    draw: Option<Seeded>,
     d_dropped: FloatTensor<I>,
     root: f64,
     probabilities: Option<DType>,

@@ -623,9 +623,10 @@ fn execute_on<AB: AutodiffBackend>(
             let mut loss_sum: Option<Tensor<AB::InnerBackend, 1>> = None;
             let mut tokens = 0;
             for (k, idx) in group.iter().enumerate() {
-                AB::seed(&device, mix(t.seed, progress.step, k as u64));
+                let seed = mix(t.seed, progress.step, k as u64);
+                AB::seed(&device, seed);
                 // ftl's own dropout draws on CUDA (model::dropout).
-                Draws::seed(mix(t.seed, progress.step, k as u64));
+                Draws::seed(seed);
                 let rows: Vec<&[i64]> = idx.iter().map(|&i| train_tokens[i].as_slice()).collect();
                 let (ids, mask, n) =
                     batch_tensors::<AB>(&rows, pad, max_tokens, shaping.fixed_length, &device);
