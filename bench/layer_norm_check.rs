@@ -1,6 +1,6 @@
 //! ftl's LayerNorm kernels on CUDA against burn's composition on the CPU.
 //!
-//! On burn's fused CUDA backend, f32 LayerNorms run as ftl's own kernels
+//! On CUDA (fused, or the `unfused` build), f32 LayerNorms run as ftl's own kernels
 //! (`src/runtime/model/layer_norm_cuda.rs`); on the CPU they run as tensor
 //! operations. For each case the same input, γ, β and loss weights go
 //! through both, and the output and the gradients of x, γ and β must agree.
@@ -23,10 +23,10 @@
 
 #[cfg(feature = "cuda")]
 fn main() {
-    use burn::backend::{Autodiff, Cuda};
+    use burn::backend::Autodiff;
     use burn::module::Param;
     use burn::prelude::*;
-    use ftl::runtime::backend::{Cpu, configure_cubecl, cuda_available};
+    use ftl::runtime::backend::{Cpu, Gpu, configure_cubecl, cuda_available};
     use ftl::runtime::model::dropout::{Draws, Dropout, draw, threshold};
     use ftl::runtime::model::layer_norm::LayerNorm;
 
@@ -220,7 +220,7 @@ fn main() {
     let mut failed = false;
     let mut worst = 0f64;
     for case in &cases {
-        let gpu = run::<Autodiff<Cuda>>(case, &cuda, true);
+        let gpu = run::<Autodiff<Gpu>>(case, &cuda, true);
         let host = run::<Autodiff<Cpu>>(case, &cpu, false);
         let mut line = format!("{:<28}", case.name);
         for (k, name) in ["y", "∂x", "∂γ", "∂β", "∂r"].iter().enumerate() {

@@ -21,6 +21,7 @@ pub fn cpu_device() -> burn::prelude::Device<Cpu> {
 pub type Gpu = burn::backend::Cuda;
 /// The CUDA backend without burn's operation fusion (the `unfused` build
 /// feature, for measuring what fusion costs and saves; see BENCHMARKS.md).
+/// ftl's own kernels run on it too, launched at once instead of queued.
 #[cfg(feature = "unfused")]
 pub type Gpu = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
 

@@ -8,7 +8,7 @@
 pub mod backend;
 pub mod error;
 pub mod fetch;
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+#[cfg(feature = "cuda")]
 mod fusion_op;
 pub mod model;
 pub mod tokenize;

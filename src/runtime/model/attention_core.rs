@@ -26,12 +26,11 @@
 //! softmax per layer in the backward pass. Under bf16 products the backward
 //! pass multiplies in f32 (see [`HalfBackward`] for why).
 //!
-//! On burn's fused CUDA backend the softmax with its scale, bias and
-//! dropout runs as ftl's own kernels ([`super::softmax_cuda`]): one
-//! operation of the fusion stream in the forward pass, and one in the
-//! backward pass that gives ∂S/√d and the dropped probabilities for ∂V
-//! together. Elsewhere (the CPU, the unfused build) it is the composition
-//! below, operation by operation.
+//! On CUDA the softmax with its scale, bias and dropout runs as ftl's own
+//! kernels ([`super::softmax_cuda`]): one operation in the forward pass,
+//! and one in the backward pass that gives ∂S/√d and the dropped
+//! probabilities for ∂V together. On the CPU it is the composition below,
+//! operation by operation.
 //!
 //! Other backends (inference, the inner backend of evaluation) run the
 //! composition as it is: nothing is kept there.
@@ -50,7 +49,7 @@ use burn::tensor::{FloatDType, TensorMetadata, TensorPrimitive};
 
 use crate::runtime::backend::{Cpu, same_type};
 use crate::runtime::model::dropout::Dropout;
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+#[cfg(feature = "cuda")]
 use crate::runtime::model::dropout::Seeded;
 use crate::runtime::model::projection::{to_full, to_half};
 
@@ -200,7 +199,7 @@ enum Softmax<I: Backend> {
     Composition(Option<Dropped<I>>),
     /// As ftl's CUDA kernels (`softmax_cuda`), which draw the dropout
     /// themselves from its seed.
-    #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+    #[cfg(feature = "cuda")]
     Kernels(Option<Seeded>),
 }
 
@@ -212,11 +211,11 @@ fn softmax_for<I: Backend>(
     bias: &Tensor<Autodiff<I>, 4>,
     dropout: &Dropout,
 ) -> Softmax<I> {
-    #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+    #[cfg(feature = "cuda")]
     if super::softmax_cuda::applies::<I>(q.dtype(), bias.dtype()) {
         return Softmax::Kernels(dropout.seeded());
     }
-    #[cfg(not(all(feature = "cuda", not(feature = "unfused"))))]
+    #[cfg(not(feature = "cuda"))]
     let _ = bias;
     let [batch, heads, seq, _] = q.dims();
     Softmax::Composition(
@@ -253,7 +252,7 @@ fn root<I: Backend>(s: &State<I>) -> f64 {
 }
 
 /// The products' dtype.
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+#[cfg(feature = "cuda")]
 fn product_dtype<I: Backend>(s: &State<I>) -> burn::tensor::DType {
     use burn::tensor::DType;
     if s.half { DType::BF16 } else { DType::F32 }
@@ -287,15 +286,12 @@ fn apply_dropout<I: Backend>(t: FloatTensor<I>, dropped: &Option<Dropped<I>>) ->
 
 /// The dropped probabilities in the products' dtype: by ftl's CUDA kernel
 /// where it applies ([`super::softmax_cuda`]), else by the composition.
-// One arm without fused CUDA, two with it.
-#[cfg_attr(
-    not(all(feature = "cuda", not(feature = "unfused"))),
-    allow(clippy::infallible_destructuring_match)
-)]
+// One arm without CUDA, two with it.
+#[cfg_attr(not(feature = "cuda"), allow(clippy::infallible_destructuring_match))]
 fn dropped_probabilities<I: Backend>(s: &State<I>) -> FloatTensor<I> {
     let scores = scores::<I>(s);
     let dropped = match &s.softmax {
-        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+        #[cfg(feature = "cuda")]
         Softmax::Kernels(draw) => {
             return super::softmax_cuda::forward::<I>(
                 scores,
@@ -349,11 +345,8 @@ fn register_dv<I: Backend>(
 /// CUDA kernel where it applies ([`super::softmax_cuda`]), which gives the
 /// dropped probabilities for V's gradient in the same pass; else by the
 /// composition.
-// One arm without fused CUDA, two with it.
-#[cfg_attr(
-    not(all(feature = "cuda", not(feature = "unfused"))),
-    allow(clippy::infallible_destructuring_match)
-)]
+// One arm without CUDA, two with it.
+#[cfg_attr(not(feature = "cuda"), allow(clippy::infallible_destructuring_match))]
 fn score_gradient<I: Backend>(
     s: &State<I>,
     grad: FloatTensor<I>,
@@ -365,7 +358,7 @@ fn score_gradient<I: Backend>(
     let root = root::<I>(s);
     let scores = scores::<I>(s);
     let dropped = match &s.softmax {
-        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+        #[cfg(feature = "cuda")]
         Softmax::Kernels(draw) => {
             let (scaled, dropped) = super::softmax_cuda::backward::<I>(
                 scores,

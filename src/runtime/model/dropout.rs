@@ -8,7 +8,7 @@
 //! on CUDA). On the CPU the draws are burn's own, so a run computes what it
 //! computed with burn's `Dropout`.
 //!
-//! On burn's fused CUDA backend the draws are ftl's own ([`Draws`]): each
+//! On CUDA the draws are ftl's own ([`Draws`]): each
 //! dropout takes one 32-bit seed from a generator the training loop seeds
 //! per step, and whether value `i` is kept is a hash of the seed and `i`
 //! (`super::dropout_cuda`). A kernel can then decide it where it reads the
@@ -89,7 +89,7 @@ impl Dropout {
     }
 
     /// The values [`Dropout::forward`] zeroes on an input of `shape` (true
-    /// where dropped): burn's Bernoulli draws in f32, or on fused CUDA ftl's
+    /// where dropped): burn's Bernoulli draws in f32, or on CUDA ftl's
     /// own from the next seed; `None` where it drops nothing (outside
     /// training, or with probability 0).
     pub fn dropped<B: Backend, const D: usize>(
@@ -104,7 +104,7 @@ impl Dropout {
         if let Some(seed) = tests::FIXED_DRAWS.get() {
             return Some(tests::fixed_draws(shape, self.prob, seed, device));
         }
-        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+        #[cfg(feature = "cuda")]
         if let Some(mask) = super::dropout_cuda::dropped::<B, D>(shape, self.keep(), device) {
             return Some(mask);
         }

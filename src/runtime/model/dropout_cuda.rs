@@ -8,15 +8,13 @@
 
 use std::any::TypeId;
 
-use burn::backend::{Autodiff, Cuda};
+use burn::backend::Autodiff;
 use burn::prelude::*;
 use burn::tensor::{DType, Shape};
-use burn_fusion::stream::Operation;
-use burn_ir::{BackendIr, CustomOpIr, HandleContainer};
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use crate::runtime::backend::same_type;
-use crate::runtime::fusion_op::{FusionRuntime, Inner, empty_on, register_new};
+use crate::runtime::backend::{Gpu, same_type};
+use crate::runtime::fusion_op::{Cube, Kernels, empty_on, launch_new};
 use crate::runtime::model::dropout::{Draws, Seeded, threshold};
 
 /// Values each cube of the mask kernel writes.
@@ -82,17 +80,16 @@ pub(crate) mod kernels {
 /// Makes the mask of one seed.
 #[derive(Debug)]
 struct KeepMask {
-    desc: CustomOpIr,
     device: cubecl::cuda::CudaDevice,
+    n: usize,
     seed: u32,
     threshold: u32,
 }
 
-impl Operation<FusionRuntime> for KeepMask {
-    fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
-        let shape = self.desc.outputs[0].shape.clone();
-        let n = shape.num_elements();
-        let out = empty_on(&self.device, shape, DType::F32);
+impl Kernels for KeepMask {
+    fn run(&self, _inputs: Vec<Cube>) -> Vec<Cube> {
+        let n = self.n;
+        let out = empty_on(&self.device, Shape::new([n]), DType::F32);
         // SAFETY: `i < n` bounds the only index; `out` holds n values.
         unsafe {
             kernels::keep_mask::launch_unchecked(
@@ -105,7 +102,7 @@ impl Operation<FusionRuntime> for KeepMask {
                 self.threshold,
             )
         };
-        handles.register_float_tensor::<Inner>(&self.desc.outputs[0].id, out);
+        vec![out]
     }
 }
 
@@ -137,27 +134,27 @@ fn keep_mask<const D: usize>(
     keep: f64,
     shape: [usize; D],
     device: &cubecl::cuda::CudaDevice,
-) -> Tensor<Cuda, D> {
+) -> Tensor<Gpu, D> {
     let threshold = threshold(keep);
     let n: usize = shape.iter().product();
-    let mut out = register_new(
+    let mut out = launch_new(
         "ftl_dropout_mask",
         device,
         vec![(Shape::new([n]), DType::F32)],
-        |desc| KeepMask {
-            desc,
+        KeepMask {
             device: device.clone(),
+            n,
             seed,
             threshold,
         },
     );
-    Tensor::<Cuda, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(same_type(
+    Tensor::<Gpu, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(same_type(
         out.remove(0),
     )))
     .reshape(shape)
 }
 
-/// Where ftl's draws apply (training on burn's fused CUDA backend), the
+/// Where ftl's draws apply (training on CUDA), the
 /// values a dropout of `shape` zeroes, drawn from the next seed; `None`
 /// elsewhere.
 pub(crate) fn dropped<B: Backend, const D: usize>(
@@ -165,7 +162,7 @@ pub(crate) fn dropped<B: Backend, const D: usize>(
     keep: f64,
     device: &B::Device,
 ) -> Option<Tensor<B, D, Bool>> {
-    if TypeId::of::<B>() != TypeId::of::<Autodiff<Cuda>>() {
+    if TypeId::of::<B>() != TypeId::of::<Autodiff<Gpu>>() {
         return None;
     }
     let device: &cubecl::cuda::CudaDevice = (device as &dyn std::any::Any).downcast_ref()?;

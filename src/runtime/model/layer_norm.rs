@@ -19,10 +19,9 @@
 //! QLoRA) the peak did not move: burn's decomposition keeps less when γ
 //! needs no gradient.
 //!
-//! On burn's fused CUDA backend with f32 tensors, the forward and backward
-//! passes run as ftl's own kernels instead, one operation each for burn's
-//! fusion stream ([`super::layer_norm_cuda`]); the state kept between them
-//! is the same.
+//! On CUDA with f32 tensors, the forward and backward passes run as ftl's
+//! own kernels instead, one operation each ([`super::layer_norm_cuda`]);
+//! the state kept between them is the same.
 //!
 //! Other backends (inference, the inner backend of evaluation) use burn's
 //! LayerNorm as it is.
@@ -41,7 +40,7 @@ use burn::tensor::{Shape, TensorMetadata, TensorPrimitive};
 
 use crate::runtime::backend::{Cpu, same_type};
 use crate::runtime::model::dropout::Dropout;
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+#[cfg(feature = "cuda")]
 use crate::runtime::model::dropout::Seeded;
 
 /// `γ · (x − mean x) / √(var x + ε) + β` over the last dimension. Its
@@ -86,7 +85,7 @@ impl<B: Backend> LayerNorm<B> {
     }
 
     /// `LayerNorm(dropout(a) + residual)`: how a residual block ends. On
-    /// burn's fused CUDA backend, training with f32 tensors, it is one
+    /// CUDA, training with f32 tensors, it is one
     /// operation of its own each way ([`super::layer_norm_cuda`]): the
     /// dropout's mask is drawn where the kernel reads `a` and drawn again in
     /// the backward pass, the sum is made there, and neither is kept. The
@@ -99,7 +98,7 @@ impl<B: Backend> LayerNorm<B> {
         residual: Tensor<B, D>,
         dropout: &Dropout,
     ) -> Tensor<B, D> {
-        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+        #[cfg(feature = "cuda")]
         let (a, residual) = match self.residual_on_kernels(a, residual, dropout) {
             Ok(y) => return y,
             Err(inputs) => inputs,
@@ -109,7 +108,7 @@ impl<B: Backend> LayerNorm<B> {
 
     /// [`LayerNorm::forward_residual`] as ftl's kernels, where they apply;
     /// the inputs back otherwise.
-    #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+    #[cfg(feature = "cuda")]
     #[allow(clippy::type_complexity)]
     fn residual_on_kernels<const D: usize>(
         &self,
@@ -117,9 +116,9 @@ impl<B: Backend> LayerNorm<B> {
         residual: Tensor<B, D>,
         dropout: &Dropout,
     ) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
-        use burn::backend::Cuda;
+        use crate::runtime::backend::Gpu;
         use burn::tensor::DType;
-        if TypeId::of::<B>() != TypeId::of::<Autodiff<Cuda>>()
+        if TypeId::of::<B>() != TypeId::of::<Autodiff<Gpu>>()
             || [
                 a.dtype(),
                 residual.dtype(),
@@ -132,10 +131,10 @@ impl<B: Backend> LayerNorm<B> {
             return Err((a, residual));
         }
         let draw = dropout.seeded();
-        let a: Tensor<Autodiff<Cuda>, D> = same_type(a);
-        let residual: Tensor<Autodiff<Cuda>, D> = same_type(residual);
-        let gamma: Tensor<Autodiff<Cuda>, 1> = same_type(self.gamma.val());
-        let beta: Tensor<Autodiff<Cuda>, 1> = same_type(self.beta.val());
+        let a: Tensor<Autodiff<Gpu>, D> = same_type(a);
+        let residual: Tensor<Autodiff<Gpu>, D> = same_type(residual);
+        let gamma: Tensor<Autodiff<Gpu>, 1> = same_type(self.gamma.val());
+        let beta: Tensor<Autodiff<Gpu>, 1> = same_type(self.beta.val());
         let y = residual_layer_norm(
             a.into_primitive().tensor(),
             residual.into_primitive().tensor(),
@@ -144,7 +143,7 @@ impl<B: Backend> LayerNorm<B> {
             self.epsilon,
             draw,
         );
-        Ok(same_type(Tensor::<Autodiff<Cuda>, D>::from_primitive(
+        Ok(same_type(Tensor::<Autodiff<Gpu>, D>::from_primitive(
             TensorPrimitive::Float(y),
         )))
     }
@@ -209,7 +208,7 @@ fn forward_on_kernels_or_composition<I: Backend>(
     beta: FloatTensor<I>,
     epsilon: f64,
 ) -> [FloatTensor<I>; 4] {
-    #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+    #[cfg(feature = "cuda")]
     if super::layer_norm_cuda::applies::<I>(&[&x, &gamma, &beta]) {
         let [normalized, deviation, y] =
             super::layer_norm_cuda::forward::<I>(x, gamma.clone(), beta, epsilon);
@@ -230,7 +229,7 @@ impl<I: Backend> Backward<I, 3> for LayerNormBackward {
         let (normalized, deviation, gamma) = ops.state;
         let [x_node, gamma_node, beta_node] = ops.parents;
         let grad = grads.consume::<I>(&ops.node);
-        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+        #[cfg(feature = "cuda")]
         if super::layer_norm_cuda::applies::<I>(&[&grad, &normalized, &deviation, &gamma]) {
             let [dx, _, dgamma, dbeta] = super::layer_norm_cuda::backward::<I>(
                 grad,
@@ -301,14 +300,14 @@ fn layer_norm<I: Backend>(
 
 /// The gradients of a, the residual, γ and β from the output's, for
 /// [`LayerNorm::forward_residual`] on ftl's kernels.
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+#[cfg(feature = "cuda")]
 #[derive(Debug)]
 struct ResidualBackward {
     /// The dropout's draw.
     draw: Option<Seeded>,
 }
 
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+#[cfg(feature = "cuda")]
 impl<I: Backend> Backward<I, 4> for ResidualBackward {
     /// The normalised sum, the deviation and γ.
     type State = (FloatTensor<I>, FloatTensor<I>, FloatTensor<I>);
@@ -341,25 +340,25 @@ impl<I: Backend> Backward<I, 4> for ResidualBackward {
     }
 }
 
-/// [`LayerNorm::forward_residual`] on `Autodiff<Cuda>`'s tensors, on ftl's
+/// [`LayerNorm::forward_residual`] on `Autodiff<Gpu>`'s tensors, on ftl's
 /// kernels.
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+#[cfg(feature = "cuda")]
 fn residual_layer_norm(
-    a: FloatTensor<Autodiff<burn::backend::Cuda>>,
-    residual: FloatTensor<Autodiff<burn::backend::Cuda>>,
-    gamma: FloatTensor<Autodiff<burn::backend::Cuda>>,
-    beta: FloatTensor<Autodiff<burn::backend::Cuda>>,
+    a: FloatTensor<Autodiff<crate::runtime::backend::Gpu>>,
+    residual: FloatTensor<Autodiff<crate::runtime::backend::Gpu>>,
+    gamma: FloatTensor<Autodiff<crate::runtime::backend::Gpu>>,
+    beta: FloatTensor<Autodiff<crate::runtime::backend::Gpu>>,
     epsilon: f64,
     draw: Option<Seeded>,
-) -> FloatTensor<Autodiff<burn::backend::Cuda>> {
-    use burn::backend::Cuda;
+) -> FloatTensor<Autodiff<crate::runtime::backend::Gpu>> {
+    use crate::runtime::backend::Gpu;
     let nodes = [
         a.node.clone(),
         residual.node.clone(),
         gamma.node.clone(),
         beta.node.clone(),
     ];
-    let [normalized, deviation, y] = super::layer_norm_cuda::forward_sum::<Cuda>(
+    let [normalized, deviation, y] = super::layer_norm_cuda::forward_sum::<Gpu>(
         a.primitive,
         Some(residual.primitive),
         gamma.primitive.clone(),

@@ -1,5 +1,5 @@
 //! LayerNorm's forward and backward passes as ftl's own CUDA kernels, each
-//! one operation of burn's fusion stream.
+//! one operation of burn's fusion stream (`fusion_op`).
 //!
 //! The composition in [`super::layer_norm`] registers eleven tensor
 //! operations for the forward pass and fifteen for the backward pass, among
@@ -25,22 +25,19 @@
 //! (`super::dropout`), and the backward kernel also writes a's gradient,
 //! `∂x ⊙ M / keep`, drawing the same mask again. Nothing more is kept.
 //!
-//! [`applies`] says when they are used: on burn's fused CUDA backend, with
-//! every tensor in f32. `bench/layer_norm_check.rs` checks them against the
+//! [`applies`] says when they are used: on ftl's CUDA backend (fused, or
+//! the `unfused` build), with every tensor in f32. `bench/layer_norm_check.rs` checks them against the
 //! composition on the CPU.
 
 use std::any::TypeId;
 
-use burn::backend::Cuda;
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, TensorMetadata};
-use burn_fusion::stream::Operation;
-use burn_ir::{BackendIr, CustomOpIr, HandleContainer};
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use crate::runtime::backend::same_type;
-use crate::runtime::fusion_op::{Fused, FusionRuntime, Inner, contiguous, empty_f32, register};
+use crate::runtime::backend::{Gpu, same_type};
+use crate::runtime::fusion_op::{Cube, Kernels, Prim, contiguous, empty_f32, launch};
 use crate::runtime::model::dropout::Seeded;
 use crate::runtime::model::dropout_cuda::KernelDraw;
 
@@ -267,17 +264,17 @@ mod kernels {
     }
 }
 
-/// Whether the kernels take this LayerNorm: `I` is burn's fused CUDA
-/// backend and every tensor is f32.
+/// Whether the kernels take this LayerNorm: `I` is ftl's CUDA backend
+/// and every tensor is f32.
 pub(crate) fn applies<I: Backend>(tensors: &[&FloatTensor<I>]) -> bool {
-    TypeId::of::<I>() == TypeId::of::<Cuda>() && tensors.iter().all(|t| t.dtype() == DType::F32)
+    TypeId::of::<I>() == TypeId::of::<Gpu>() && tensors.iter().all(|t| t.dtype() == DType::F32)
 }
 
-fn fused<I: Backend>(t: FloatTensor<I>) -> Fused {
+fn prim<I: Backend>(t: FloatTensor<I>) -> Prim {
     same_type(t)
 }
 
-fn back<I: Backend>(t: Fused) -> FloatTensor<I> {
+fn back<I: Backend>(t: Prim) -> FloatTensor<I> {
     same_type(t)
 }
 
@@ -288,28 +285,30 @@ fn row_cubes(rows: usize) -> CubeCount {
 /// The operation's shapes and settings.
 #[derive(Debug)]
 struct Forward {
-    desc: CustomOpIr,
     epsilon: f32,
     /// Whether a residual (the fourth input) is added after the dropout.
     add: bool,
     draw: KernelDraw,
 }
 
-impl Operation<FusionRuntime> for Forward {
-    fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
-        let [a, gamma, beta] =
-            [0, 1, 2].map(|k| contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[k])));
+impl Kernels for Forward {
+    fn run(&self, inputs: Vec<Cube>) -> Vec<Cube> {
+        let mut inputs = inputs.into_iter().map(contiguous);
+        let mut next = || inputs.next().expect("a, γ, β");
+        let [a, gamma, beta] = [next(), next(), next()];
         let residual = if self.add {
-            contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[3]))
+            next()
         } else {
             empty_f32(&a, Shape::new([1]))
         };
         let shape = a.meta.shape().clone();
         let width = shape[shape.num_dims() - 1];
         let rows = shape.num_elements() / width;
+        let mut per_row = shape.clone();
+        per_row[shape.num_dims() - 1] = 1;
         let y = empty_f32(&a, shape.clone());
         let normalized = empty_f32(&a, shape);
-        let deviation = empty_f32(&a, self.desc.outputs[2].shape.clone());
+        let deviation = empty_f32(&a, per_row);
         // SAFETY: `row < rows` and `i < width` bound every index: a, the
         // residual (read only with `add`), y and normalized hold rows ×
         // width values, γ and β width, deviation rows.
@@ -336,9 +335,7 @@ impl Operation<FusionRuntime> for Forward {
                 self.draw.dropout,
             )
         };
-        for (ir, t) in self.desc.outputs.iter().zip([y, normalized, deviation]) {
-            handles.register_float_tensor::<Inner>(&ir.id, t);
-        }
+        vec![y, normalized, deviation]
     }
 }
 
@@ -370,9 +367,9 @@ pub(crate) fn forward_sum<I: Backend>(
     let last = deviation.num_dims() - 1;
     deviation[last] = 1;
     let add = residual.is_some();
-    let mut inputs = vec![fused::<I>(a), fused::<I>(gamma), fused::<I>(beta)];
-    inputs.extend(residual.map(fused::<I>));
-    let out = register(
+    let mut inputs = vec![prim::<I>(a), prim::<I>(gamma), prim::<I>(beta)];
+    inputs.extend(residual.map(prim::<I>));
+    let out = launch(
         if add {
             "ftl_residual_layer_norm"
         } else {
@@ -380,14 +377,13 @@ pub(crate) fn forward_sum<I: Backend>(
         },
         inputs,
         vec![shape.clone(), shape, deviation],
-        |desc| Forward {
-            desc,
+        Forward {
             epsilon: epsilon as f32,
             add,
             draw: KernelDraw::new(draw),
         },
     );
-    let [y, normalized, deviation]: [Fused; 3] = out
+    let [y, normalized, deviation]: [Prim; 3] = out
         .try_into()
         .expect("three outputs: y, normalized, deviation");
     [back::<I>(normalized), back::<I>(deviation), back::<I>(y)]
@@ -395,16 +391,19 @@ pub(crate) fn forward_sum<I: Backend>(
 
 #[derive(Debug)]
 struct Backward {
-    desc: CustomOpIr,
     input: bool,
     parameters: bool,
     draw: KernelDraw,
 }
 
-impl Operation<FusionRuntime> for Backward {
-    fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
-        let [grad, normalized, deviation, gamma] = [0, 1, 2, 3]
-            .map(|k| contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[k])));
+impl Kernels for Backward {
+    fn run(&self, inputs: Vec<Cube>) -> Vec<Cube> {
+        let [grad, normalized, deviation, gamma]: [Cube; 4] = inputs
+            .into_iter()
+            .map(contiguous)
+            .collect::<Vec<_>>()
+            .try_into()
+            .expect("g, x̂, σ, γ");
         let shape = grad.meta.shape().clone();
         let width = shape[shape.num_dims() - 1];
         let rows = shape.num_elements() / width;
@@ -478,9 +477,7 @@ impl Operation<FusionRuntime> for Backward {
             };
             outputs.extend([dgamma, dbeta]);
         }
-        for (ir, t) in self.desc.outputs.iter().zip(outputs) {
-            handles.register_float_tensor::<Inner>(&ir.id, t);
-        }
+        outputs
     }
 }
 
@@ -513,15 +510,14 @@ pub(crate) fn backward<I: Backend>(
     if parameters {
         shapes.extend([Shape::new([width]), Shape::new([width])]);
     }
-    let out = register(
+    let out = launch(
         "ftl_layer_norm_backward",
         [grad, normalized, deviation, gamma]
             .into_iter()
-            .map(fused::<I>)
+            .map(prim::<I>)
             .collect(),
         shapes,
-        |desc| Backward {
-            desc,
+        Backward {
             input,
             parameters,
             draw: KernelDraw::new(draw),

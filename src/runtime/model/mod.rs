@@ -23,7 +23,7 @@ pub mod attention_core;
 pub mod classifier;
 pub mod config;
 pub mod dropout;
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+#[cfg(feature = "cuda")]
 mod dropout_cuda;
 pub mod embeddings;
 pub mod encoder;
@@ -31,11 +31,11 @@ pub mod feed_forward;
 pub mod head;
 pub mod layer;
 pub mod layer_norm;
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+#[cfg(feature = "cuda")]
 mod layer_norm_cuda;
 pub mod loader;
 pub mod projection;
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+#[cfg(feature = "cuda")]
 mod softmax_cuda;
 
 pub use classifier::Classifier;

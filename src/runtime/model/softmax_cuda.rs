@@ -28,24 +28,19 @@
 //! is read through its strides, so BERT's padding bias, broadcast over heads
 //! and queries, is never materialised.
 //!
-//! [`applies`] says when they are used: on burn's fused CUDA backend, with
+//! [`applies`] says when they are used: on ftl's CUDA backend, with
 //! the scores in f32 or bf16 and the bias in f32. `bench/attention_check.rs`
 //! checks them against burn's composition on the same GPU.
 
 use std::any::TypeId;
 
-use burn::backend::Cuda;
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, TensorMetadata};
-use burn_fusion::stream::Operation;
-use burn_ir::{BackendIr, CustomOpIr, HandleContainer};
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use crate::runtime::backend::same_type;
-use crate::runtime::fusion_op::{
-    Fused, FusionRuntime, Inner, Runtime, contiguous, empty, register_typed,
-};
+use crate::runtime::backend::{Gpu, same_type};
+use crate::runtime::fusion_op::{Cube, Kernels, Prim, Runtime, contiguous, empty, launch_typed};
 use crate::runtime::model::dropout::Seeded;
 use crate::runtime::model::dropout_cuda::KernelDraw;
 
@@ -272,10 +267,10 @@ mod kernels {
     }
 }
 
-/// Whether the kernels take this softmax: `I` is burn's fused CUDA backend,
-/// the scores are f32 or bf16 and the bias f32.
+/// Whether the kernels take this softmax: `I` is ftl's CUDA backend, the
+/// scores are f32 or bf16 and the bias f32.
 pub(crate) fn applies<I: Backend>(scores: DType, bias: DType) -> bool {
-    TypeId::of::<I>() == TypeId::of::<Cuda>()
+    TypeId::of::<I>() == TypeId::of::<Gpu>()
         && matches!(scores, DType::F32 | DType::BF16)
         && bias == DType::F32
 }
@@ -306,10 +301,7 @@ struct Layout {
     bias: [usize; 4],
 }
 
-fn layout(
-    scores: &burn_cubecl::tensor::CubeTensor<Runtime>,
-    bias: &burn_cubecl::tensor::CubeTensor<Runtime>,
-) -> Layout {
+fn layout(scores: &Cube, bias: &Cube) -> Layout {
     let shape = scores.meta.shape();
     let [batch, heads, queries, keys] = [shape[0], shape[1], shape[2], shape[3]];
     let bias_shape = bias.meta.shape();
@@ -330,15 +322,14 @@ fn row_cubes(rows: usize) -> CubeCount {
 
 #[derive(Debug)]
 struct Forward {
-    desc: CustomOpIr,
     rows: Rows,
     out: DType,
 }
 
-impl Operation<FusionRuntime> for Forward {
-    fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
-        let scores = contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[0]));
-        let bias = handles.get_float_tensor::<Inner>(&self.desc.inputs[1]);
+impl Kernels for Forward {
+    fn run(&self, inputs: Vec<Cube>) -> Vec<Cube> {
+        let [scores, bias]: [Cube; 2] = inputs.try_into().expect("scores, bias");
+        let scores = contiguous(scores);
         let l = layout(&scores, &bias);
         let out = empty(&scores, scores.meta.shape().clone(), self.out);
         let dtypes = [scores.dtype.into(), self.out.into()];
@@ -371,11 +362,11 @@ impl Operation<FusionRuntime> for Forward {
                 dtypes,
             )
         };
-        handles.register_float_tensor::<Inner>(&self.desc.outputs[0].id, out);
+        vec![out]
     }
 }
 
-fn inputs<I: Backend>(scores: FloatTensor<I>, bias: FloatTensor<I>) -> Vec<Fused> {
+fn inputs<I: Backend>(scores: FloatTensor<I>, bias: FloatTensor<I>) -> Vec<Prim> {
     vec![same_type(scores), same_type(bias)]
 }
 
@@ -392,31 +383,28 @@ pub(crate) fn forward<I: Backend>(
     let shape = scores.shape();
     let inputs = inputs::<I>(scores, bias);
     let rows = Rows::new(root, draw);
-    let mut outputs = register_typed(
+    let mut outputs = launch_typed(
         "ftl_attention_softmax",
         inputs,
         vec![(shape, out)],
-        |desc| Forward { desc, rows, out },
+        Forward { rows, out },
     );
     same_type(outputs.remove(0))
 }
 
 #[derive(Debug)]
 struct Backward {
-    desc: CustomOpIr,
     rows: Rows,
     /// The dtype of the dropped probabilities, when they are wanted too.
     probabilities: Option<DType>,
 }
 
-impl Operation<FusionRuntime> for Backward {
-    fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
-        let get = |handles: &mut HandleContainer<_>, k: usize| {
-            contiguous(handles.get_float_tensor::<Inner>(&self.desc.inputs[k]))
-        };
-        let scores = get(handles, 0);
-        let bias = handles.get_float_tensor::<Inner>(&self.desc.inputs[1]);
-        let d_dropped = get(handles, 2);
+impl Kernels for Backward {
+    fn run(&self, inputs: Vec<Cube>) -> Vec<Cube> {
+        let [scores, bias, d_dropped]: [Cube; 3] =
+            inputs.try_into().expect("scores, bias, ∂dropped");
+        let scores = contiguous(scores);
+        let d_dropped = contiguous(d_dropped);
         let l = layout(&scores, &bias);
         let shape = scores.meta.shape().clone();
         let d_scores = empty(&scores, shape.clone(), DType::F32);
@@ -459,9 +447,7 @@ impl Operation<FusionRuntime> for Backward {
         if self.probabilities.is_some() {
             outputs.push(dropped);
         }
-        for (ir, t) in self.desc.outputs.iter().zip(outputs) {
-            handles.register_float_tensor::<Inner>(&ir.id, t);
-        }
+        outputs
     }
 }
 
@@ -484,13 +470,15 @@ pub(crate) fn backward<I: Backend>(
     if let Some(dtype) = probabilities {
         outputs.push((shape, dtype));
     }
-    let mut out = register_typed("ftl_attention_softmax_backward", inputs, outputs, |desc| {
+    let mut out = launch_typed(
+        "ftl_attention_softmax_backward",
+        inputs,
+        outputs,
         Backward {
-            desc,
             rows,
             probabilities,
-        }
-    })
+        },
+    )
     .into_iter();
     let d_scores = same_type(out.next().expect("the scores' gradient"));
     (d_scores, out.next().map(same_type))

@@ -5,8 +5,8 @@
 //! The optimizer keeps the trained parameters in two flat buffers, beside
 //! flat first and second moments, and hands the model views into them: the
 //! matrices (weights, embeddings), which decay, and the vectors (biases,
-//! LayerNorm), which do not, as Hugging Face's trainer does. On burn's
-//! fused CUDA backend one step is one custom operation ([`multi`]): ftl's
+//! LayerNorm), which do not, as Hugging Face's trainer does. On CUDA one
+//! step is one operation ([`multi`]): ftl's
 //! own kernels read each gradient where autodiff left it, take the global
 //! norm, clip and update up to eight parameters per launch, in place.
 //! Elsewhere a step gathers the gradients into the same two layouts (one
@@ -185,7 +185,7 @@ impl<B: Backend> AdamW<B> {
         // each path below lets go of them before its update, so that the
         // update can write the buffers in place instead of allocating a
         // second copy of every parameter.
-        #[cfg(all(feature = "cuda", not(feature = "unfused")))]
+        #[cfg(feature = "cuda")]
         let grads = if multi::applies(&self.flat, &self.layout, &gathered.grads) {
             let model = self.release(model);
             let placed = self
@@ -200,7 +200,7 @@ impl<B: Backend> AdamW<B> {
         } else {
             gathered.grads
         };
-        #[cfg(not(all(feature = "cuda", not(feature = "unfused"))))]
+        #[cfg(not(feature = "cuda"))]
         let grads = gathered.grads;
 
         let (g, norm) = self.gather(grads, &device);
@@ -486,8 +486,8 @@ fn update<B: Backend>(
     (p, m, v)
 }
 
-/// The whole optimizer step as one custom operation of burn's fusion
-/// stream on the CUDA backend, reading each parameter's gradient where
+/// The whole optimizer step as one operation on the CUDA backend
+/// (`fusion_op`), reading each parameter's gradient where
 /// autodiff left it: no copy of the gradients into the flat layout.
 ///
 /// Two kernels of ftl's own do the work, each over up to [`PER_LAUNCH`]
@@ -501,23 +501,19 @@ fn update<B: Backend>(
 /// parameters, gradients and moments that PyTorch's loop holds. It also
 /// launched one copy per parameter (about 200 for MPNet) where these
 /// kernels launch about 2 per 8 parameters.
-#[cfg(all(feature = "cuda", not(feature = "unfused")))]
+#[cfg(feature = "cuda")]
 mod multi {
     use std::any::TypeId;
 
-    use burn::backend::Cuda;
     use burn::prelude::*;
     use burn::tensor::ops::FloatTensorOps;
     use burn::tensor::{Scalar, Shape};
-    use burn_cubecl::tensor::CubeTensor;
-    use burn_fusion::stream::Operation;
-    use burn_ir::{BackendIr, CustomOpIr, HandleContainer};
     use cubecl::prelude::{Array, CubeCount, CubeDim, SequenceArg};
 
     use super::{Flat, Hyper};
-    use crate::runtime::backend::same_type;
+    use crate::runtime::backend::{Gpu, same_type};
     use crate::runtime::fusion_op::{
-        Fused, FusionRuntime, Inner, Runtime, contiguous, empty_f32, register,
+        Cube, Inner, Kernels, Prim, Runtime, contiguous, empty_f32, launch,
     };
 
     /// Gradients per kernel launch. Each launch compiles one kernel per
@@ -615,7 +611,6 @@ mod multi {
     /// Where each input and output of the operation belongs.
     #[derive(Debug)]
     struct Step {
-        desc: CustomOpIr,
         /// Which groups have buffers (inputs and outputs p, m, v each, in
         /// group order, before the gradients).
         groups: [bool; 2],
@@ -648,14 +643,10 @@ mod multi {
         out
     }
 
-    impl Operation<FusionRuntime> for Step {
-        fn execute(&self, handles: &mut HandleContainer<<Inner as BackendIr>::Handle>) {
-            let mut inputs = self
-                .desc
-                .inputs
-                .iter()
-                .map(|ir| handles.get_float_tensor::<Inner>(ir));
-            let mut buffers: [Option<[CubeTensor<Runtime>; 3]>; 2] = [None, None];
+    impl Kernels for Step {
+        fn run(&self, inputs: Vec<Cube>) -> Vec<Cube> {
+            let mut inputs = inputs.into_iter();
+            let mut buffers: [Option<[Cube; 3]>; 2] = [None, None];
             for (group, present) in self.groups.iter().enumerate() {
                 if *present {
                     let mut own = || {
@@ -669,7 +660,7 @@ mod multi {
                     buffers[group] = Some([own(), own(), own()]);
                 }
             }
-            let grads: Vec<CubeTensor<Runtime>> = inputs.map(contiguous).collect();
+            let grads: Vec<Cube> = inputs.map(contiguous).collect();
             let lens: Vec<usize> = grads.iter().map(|g| g.meta.num_elements()).collect();
             let plan = launches(&self.placed, &lens);
             let client = grads[0].client.clone();
@@ -744,17 +735,13 @@ mod multi {
                 };
             }
 
-            let mut outputs = self.desc.outputs.iter();
-            for [p, m, v] in buffers.into_iter().flatten() {
-                for t in [p, m, v] {
-                    handles.register_float_tensor::<Inner>(&outputs.next().expect("p, m, v").id, t);
-                }
-            }
-            handles.register_float_tensor::<Inner>(&outputs.next().expect("the norm").id, norm);
+            let mut outputs: Vec<Cube> = buffers.into_iter().flatten().flatten().collect();
+            outputs.push(norm);
+            outputs
         }
     }
 
-    /// Whether [`step`] takes this step: `B` is the fused CUDA backend,
+    /// Whether [`step`] takes this step: `B` is ftl's CUDA backend,
     /// every buffer and gradient is f32, and every gradient's group has
     /// buffers.
     pub(super) fn applies<B: Backend>(
@@ -762,7 +749,7 @@ mod multi {
         layout: &[super::Segment],
         grads: &[Tensor<B, 1>],
     ) -> bool {
-        TypeId::of::<B>() == TypeId::of::<Cuda>()
+        TypeId::of::<B>() == TypeId::of::<Gpu>()
             && !grads.is_empty()
             && layout.iter().all(|s| flat[s.group].is_some())
             && flat
@@ -781,8 +768,8 @@ mod multi {
         hyper: [Hyper; 2],
         clip: Option<f64>,
     ) -> (Groups<B>, Tensor<B, 1>) {
-        let fused = |t: Tensor<B, 1>| -> Fused {
-            let t: Tensor<Cuda, 1> = same_type(t);
+        let prim = |t: Tensor<B, 1>| -> Prim {
+            let t: Tensor<Gpu, 1> = same_type(t);
             t.into_primitive().tensor()
         };
         let groups = [flat[0].is_some(), flat[1].is_some()];
@@ -790,29 +777,29 @@ mod multi {
         let mut inputs = Vec::new();
         for f in flat.into_iter().flatten() {
             lens.push(f.p.dims()[0]);
-            inputs.extend([fused(f.p), fused(f.m), fused(f.v)]);
+            inputs.extend([prim(f.p), prim(f.m), prim(f.v)]);
         }
         let (places, grads): (Vec<(usize, usize)>, Vec<Tensor<B, 1>>) = placed.into_iter().unzip();
-        inputs.extend(grads.into_iter().map(fused));
+        inputs.extend(grads.into_iter().map(prim));
         let mut shapes: Vec<Shape> = lens
             .iter()
             .flat_map(|&n| [n, n, n])
             .map(|n| Shape::new([n]))
             .collect();
         shapes.push(Shape::new([1]));
-        let mut out = register("ftl_adamw_step", inputs, shapes, |desc| Step {
-            desc,
+        let step = Step {
             groups,
             placed: places,
             hyper,
             clip,
-        })
-        .into_iter()
-        .map(|t| {
-            let t: Tensor<Cuda, 1> =
-                Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(t));
-            same_type::<_, Tensor<B, 1>>(t)
-        });
+        };
+        let mut out = launch("ftl_adamw_step", inputs, shapes, step)
+            .into_iter()
+            .map(|t| {
+                let t: Tensor<Gpu, 1> =
+                    Tensor::from_primitive(burn::tensor::TensorPrimitive::Float(t));
+                same_type::<_, Tensor<B, 1>>(t)
+            });
         let mut next = || out.next().expect("an output per buffer, and the norm");
         let flat = groups.map(|present| {
             present.then(|| Flat {
