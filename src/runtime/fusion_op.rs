@@ -90,6 +90,7 @@ pub(crate) use unfused::{launch_new, launch_typed};
 #[cfg(not(feature = "unfused"))]
 mod fused {
     use burn::tensor::{DType, Shape};
+    use burn_fusion::client::GlobalFusionClient;
     use burn_fusion::stream::{Operation, OperationStreams};
     use burn_fusion::{FusionBackend, FusionTensor};
     use burn_ir::{BackendIr, CustomOpIr, HandleContainer, OperationIr, TensorIr};
@@ -121,6 +122,18 @@ mod fused {
         }
     }
 
+    /// The descriptions of new tensors of these shapes and dtypes, for the
+    /// stream to fill.
+    fn uninit(
+        client: &GlobalFusionClient<FusionRuntime>,
+        outputs: Vec<(Shape, DType)>,
+    ) -> Vec<TensorIr> {
+        outputs
+            .into_iter()
+            .map(|(s, dtype)| TensorIr::uninit(client.create_empty_handle(), s, dtype))
+            .collect()
+    }
+
     /// [`super::launch`] with each output's dtype given.
     pub(crate) fn launch_typed<K: Kernels>(
         name: &'static str,
@@ -130,10 +143,7 @@ mod fused {
     ) -> Vec<Prim> {
         let client = inputs[0].client.clone();
         let streams = OperationStreams::with_inputs(&inputs);
-        let outputs: Vec<TensorIr> = outputs
-            .into_iter()
-            .map(|(s, dtype)| TensorIr::uninit(client.create_empty_handle(), s, dtype))
-            .collect();
+        let outputs = uninit(&client, outputs);
         let irs: Vec<TensorIr> = inputs.into_iter().map(FusionTensor::into_ir).collect();
         let desc = CustomOpIr::new(name, &irs, &outputs);
         client.register(
@@ -152,10 +162,7 @@ mod fused {
         kernels: K,
     ) -> Vec<Prim> {
         let client = burn_fusion::get_client::<Inner>(device);
-        let outputs: Vec<TensorIr> = outputs
-            .into_iter()
-            .map(|(s, dtype)| TensorIr::uninit(client.create_empty_handle(), s, dtype))
-            .collect();
+        let outputs = uninit(&client, outputs);
         let desc = CustomOpIr::new(name, &[], &outputs);
         client.register(
             OperationStreams::default(),

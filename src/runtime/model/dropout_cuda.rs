@@ -154,9 +154,8 @@ fn keep_mask<const D: usize>(
     .reshape(shape)
 }
 
-/// Where ftl's draws apply (training on CUDA), the
-/// values a dropout of `shape` zeroes, drawn from the next seed; `None`
-/// elsewhere.
+/// Where ftl's draws apply (training on CUDA), the values a dropout of
+/// `shape` zeroes, drawn from the next seed; `None` elsewhere.
 pub(crate) fn dropped<B: Backend, const D: usize>(
     shape: [usize; D],
     keep: f64,

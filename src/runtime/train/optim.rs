@@ -6,9 +6,9 @@
 //! flat first and second moments, and hands the model views into them: the
 //! matrices (weights, embeddings), which decay, and the vectors (biases,
 //! LayerNorm), which do not, as Hugging Face's trainer does. On CUDA one
-//! step is one operation ([`multi`]): ftl's
-//! own kernels read each gradient where autodiff left it, take the global
-//! norm, clip and update up to eight parameters per launch, in place.
+//! step is one operation ([`multi`]): ftl's own kernels read each gradient
+//! where autodiff left it, take the global norm, clip and update up to
+//! eight parameters per launch, in place.
 //! Elsewhere a step gathers the gradients into the same two layouts (one
 //! copy per parameter), then takes the norm, clips and updates every
 //! parameter in a handful of kernels per group instead of several per
@@ -487,8 +487,8 @@ fn update<B: Backend>(
 }
 
 /// The whole optimizer step as one operation on the CUDA backend
-/// (`fusion_op`), reading each parameter's gradient where
-/// autodiff left it: no copy of the gradients into the flat layout.
+/// (`fusion_op`), reading each parameter's gradient where autodiff left
+/// it: no copy of the gradients into the flat layout.
 ///
 /// Two kernels of ftl's own do the work, each over up to [`PER_LAUNCH`]
 /// gradients of one group per launch: one sums the squares of the
