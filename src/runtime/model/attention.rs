@@ -9,10 +9,10 @@
 
 use burn::prelude::*;
 
-use crate::runtime::model::attention_core::attention;
+use crate::runtime::model::attention_core::{Projections, attention, projected};
 use crate::runtime::model::dropout::Dropout;
 use crate::runtime::model::layer_norm::LayerNorm;
-use crate::runtime::model::projection::{Projection, to_full, to_half};
+use crate::runtime::model::projection::{Projection, to_half};
 
 /// Configuration of [`SelfAttention`].
 #[derive(Config, Debug)]
@@ -71,6 +71,31 @@ impl SelfAttentionConfig {
 }
 
 impl<B: Backend> SelfAttention<B> {
+    /// The attention's result in heads (bf16) by [`projected`]: in training
+    /// under bf16 products, when the query, key and value layers are all
+    /// trained dense layers with biases and no adapter (full fine-tuning).
+    /// `None` otherwise: the layers then project one by one.
+    fn projected(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+        if !self.half {
+            return None;
+        }
+        let (wq, bq) = self.query.trained_parts()?;
+        let (wk, bk) = self.key.trained_parts()?;
+        let (wv, bv) = self.value.trained_parts()?;
+        let projections = Projections {
+            weights: [wq, wk, wv],
+            biases: [bq, bk, bv],
+        };
+        projected(
+            hidden,
+            projections,
+            self.num_heads,
+            bias,
+            &self.attention_dropout,
+            true,
+        )
+    }
+
     /// Replaces both dropout probabilities (attention and output).
     pub fn set_dropout(&mut self, prob: f64) {
         self.attention_dropout = Dropout::new(prob);
@@ -82,6 +107,9 @@ impl<B: Backend> SelfAttention<B> {
     /// → `[batch, seq, d_model]`.
     pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let [batch, seq, d_model] = hidden.dims();
+        if let Some(context) = self.projected(hidden.clone(), bias.clone()) {
+            return self.output_block(context, hidden);
+        }
         let head_dim = d_model / self.num_heads;
         let heads = |x: Tensor<B, 3>| {
             x.reshape([batch, seq, self.num_heads, head_dim])
@@ -106,13 +134,25 @@ impl<B: Backend> SelfAttention<B> {
             )
         };
 
-        let mut context = attention(query, key, value, bias, &self.attention_dropout, self.half);
-        if self.half {
-            context = to_full(context);
-        }
-        let context = context.swap_dims(1, 2).reshape([batch, seq, d_model]);
+        let context = attention(query, key, value, bias, &self.attention_dropout, self.half);
+        self.output_block(context, hidden)
+    }
 
+    /// The output projection of the heads' `context` `[batch, heads, seq,
+    /// head_dim]` (bf16 under bf16 products), its dropout, the residual
+    /// `hidden` and the LayerNorm. Under bf16 the heads are merged in bf16
+    /// and the projection reads them as they are: cast to f32 for the
+    /// merge, they were cast back for the product, two more launches each
+    /// way for the same values.
+    fn output_block(&self, context: Tensor<B, 4>, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, seq, d_model] = hidden.dims();
+        let context = context.swap_dims(1, 2).reshape([batch, seq, d_model]);
+        let projected = if self.half {
+            self.output.forward_from_half(context)
+        } else {
+            self.output.forward(context)
+        };
         self.layer_norm
-            .forward_residual(self.output.forward(context), hidden, &self.hidden_dropout)
+            .forward_residual(projected, hidden, &self.hidden_dropout)
     }
 }

@@ -15,6 +15,7 @@
 //! | `head.rs` | pooling and [`ClassificationHead`] |
 //! | `loader.rs` | safetensors → [`Encoder`], with the upstream key table |
 //! | `projection.rs` | [`Projection`]: a linear layer, dense or packed in 4/8 bits, with an optional LoRA adapter |
+//! | `qkv.rs`, `qkv_cuda.rs` | the query, key and value projections as one product: the weights packed side by side, the product split into heads (on CUDA, ftl's own kernels) |
 //! | `softmax_cuda.rs` | attention's softmax, with its scale, bias and dropout, as ftl's own CUDA kernels |
 //! | `classifier.rs` | [`Classifier`]: encoder + head, and how a method prepares it for training |
 
@@ -35,6 +36,9 @@ pub mod layer_norm;
 mod layer_norm_cuda;
 pub mod loader;
 pub mod projection;
+mod qkv;
+#[cfg(feature = "cuda")]
+mod qkv_cuda;
 #[cfg(feature = "cuda")]
 mod softmax_cuda;
 

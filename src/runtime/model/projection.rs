@@ -309,6 +309,22 @@ impl<B: Backend> Projection<B> {
         out
     }
 
+    /// [`Projection::forward`] in bf16 of an input that is bf16 already.
+    /// The f32 input [`Projection::forward_with_half`] also takes is made
+    /// only where it is read: for an adapter's dropout in training.
+    pub fn forward_from_half(&self, half: Tensor<B, 3>) -> Tensor<B, 3> {
+        let dropout = self
+            .adapter
+            .as_ref()
+            .is_some_and(|a| a.dropout.prob > 0.0 && B::ad_enabled(&half.device()));
+        let input = if dropout {
+            to_full(half.clone())
+        } else {
+            half.clone()
+        };
+        self.forward_with_half(input, half)
+    }
+
     /// `x · W + b` for a trained dense weight without an adapter, computed
     /// on the `[batch·seq, d_in]` rows and shaped back only at the end: the
     /// bias is added to rows, so its gradient is one sum over them. Added
@@ -332,6 +348,17 @@ impl<B: Backend> Projection<B> {
             out = out + bias.val().unsqueeze();
         }
         Some(out.reshape([batch, seq, d_out]))
+    }
+
+    /// The weight and bias of a trained dense layer without an adapter
+    /// (what [`Projection::trained_rows`] multiplies); `None` for any other
+    /// layer, or one without a bias.
+    pub fn trained_parts(&self) -> Option<(Tensor<B, 2>, Tensor<B, 1>)> {
+        let w = self.weight.as_ref()?.val();
+        if self.packed.is_some() || self.adapter.is_some() || !w.is_require_grad() {
+            return None;
+        }
+        Some((w, self.bias.as_ref()?.val()))
     }
 
     /// `x · W` with the base weight, in bf16 when `half` (`x` is then bf16).
