@@ -13,6 +13,7 @@ use burn::prelude::*;
 
 use crate::runtime::model::dropout::Dropout;
 use crate::runtime::model::layer_norm::LayerNorm;
+use crate::runtime::model::lookup::lookup;
 
 /// Configuration of [`Embeddings`].
 #[derive(Config, Debug)]
@@ -82,11 +83,12 @@ impl<B: Backend> Embeddings<B> {
         let [batch, seq] = input_ids.dims();
         let device = input_ids.device();
         let positions = self.position_ids(input_ids.clone());
-        let mut embedded = self.word.forward(input_ids) + self.position.forward(positions);
+        let mut embedded = lookup(self.word.weight.val(), input_ids)
+            + lookup(self.position.weight.val(), positions);
         if let Some(token_type) = &self.token_type {
             // ftl encodes single sentences: every token is of type 0.
             let types = Tensor::<B, 2, Int>::zeros([batch, seq], &device);
-            embedded = embedded + token_type.forward(types);
+            embedded = embedded + lookup(token_type.weight.val(), types);
         }
         self.dropout.forward(self.layer_norm.forward(embedded))
     }

@@ -18,6 +18,7 @@ use crate::runtime::model::config::{Architecture, EncoderConfig};
 use crate::runtime::model::embeddings::{Embeddings, EmbeddingsConfig};
 use crate::runtime::model::feed_forward::FeedForwardConfig;
 use crate::runtime::model::layer::{EncoderLayer, EncoderLayerConfig};
+use crate::runtime::model::lookup::lookup;
 
 /// Largest distance MPNet's buckets tell apart (`max_distance` upstream).
 const RELATIVE_MAX_DISTANCE: usize = 128;
@@ -159,7 +160,9 @@ impl<B: Backend> Encoder<B> {
             .collect();
         let buckets = Tensor::<B, 2, Int>::from_data(TensorData::new(buckets, [seq, seq]), device);
         // [seq, seq, heads] → [heads, seq, seq] → [1, heads, seq, seq]
-        table.forward(buckets).permute([2, 0, 1]).unsqueeze::<4>()
+        lookup(table.weight.val(), buckets)
+            .permute([2, 0, 1])
+            .unsqueeze::<4>()
     }
 }
 

@@ -13,6 +13,7 @@
 //! | `layer_norm.rs` | LayerNorm, with a backward pass of its own when training |
 //! | `encoder.rs` | the stack, and MPNet's relative-position bias |
 //! | `head.rs` | pooling and [`ClassificationHead`] |
+//! | `lookup.rs`, `lookup_cuda.rs` | embedding lookups whose backward pass, on CUDA, is ftl's own kernels |
 //! | `loader.rs` | safetensors → [`Encoder`], with the upstream key table |
 //! | `projection.rs` | [`Projection`]: a linear layer, dense or packed in 4/8 bits, with an optional LoRA adapter |
 //! | `qkv.rs`, `qkv_cuda.rs` | the query, key and value projections as one product: the weights packed side by side, the product split into heads (on CUDA, ftl's own kernels) |
@@ -35,6 +36,9 @@ pub mod layer_norm;
 #[cfg(feature = "cuda")]
 mod layer_norm_cuda;
 pub mod loader;
+pub mod lookup;
+#[cfg(feature = "cuda")]
+mod lookup_cuda;
 pub mod projection;
 mod qkv;
 #[cfg(feature = "cuda")]
