@@ -12,7 +12,7 @@ use burn::prelude::*;
 use crate::runtime::model::attention_core::{Projections, attention, projected};
 use crate::runtime::model::dropout::Dropout;
 use crate::runtime::model::layer_norm::LayerNorm;
-use crate::runtime::model::projection::{Projection, to_half};
+use crate::runtime::model::projection::{Projection, to_full, to_half};
 
 /// Configuration of [`SelfAttention`].
 #[derive(Config, Debug)]
@@ -108,7 +108,7 @@ impl<B: Backend> SelfAttention<B> {
     pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let [batch, seq, d_model] = hidden.dims();
         if let Some(context) = self.projected(hidden.clone(), bias.clone()) {
-            return self.output_block(context, hidden);
+            return self.output_block(context, hidden, true);
         }
         let head_dim = d_model / self.num_heads;
         let heads = |x: Tensor<B, 3>| {
@@ -135,21 +135,33 @@ impl<B: Backend> SelfAttention<B> {
         };
 
         let context = attention(query, key, value, bias, &self.attention_dropout, self.half);
-        self.output_block(context, hidden)
+        self.output_block(context, hidden, false)
     }
 
     /// The output projection of the heads' `context` `[batch, heads, seq,
     /// head_dim]` (bf16 under bf16 products), its dropout, the residual
-    /// `hidden` and the LayerNorm. Under bf16 the heads are merged in bf16
-    /// and the projection reads them as they are: cast to f32 for the
-    /// merge, they were cast back for the product, two more launches each
-    /// way for the same values.
-    fn output_block(&self, context: Tensor<B, 4>, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `hidden` and the LayerNorm. With `merge_in_half` (after
+    /// [`SelfAttention::projected`], under bf16) the heads are merged in
+    /// bf16 and the projection reads them as they are; otherwise they are
+    /// cast to f32 for the merge and back for the product, two more
+    /// launches each way for the same values. LoRA and QLoRA keep the
+    /// second way: in the one go measured with the first way everywhere,
+    /// MiniLM LoRA's process took 1,240 MiB of device memory against 878 in
+    /// the go before (BENCHMARKS.md); until that is understood, only full
+    /// fine-tuning merges in bf16.
+    fn output_block(
+        &self,
+        context: Tensor<B, 4>,
+        hidden: Tensor<B, 3>,
+        merge_in_half: bool,
+    ) -> Tensor<B, 3> {
         let [batch, seq, d_model] = hidden.dims();
-        let context = context.swap_dims(1, 2).reshape([batch, seq, d_model]);
-        let projected = if self.half {
+        let projected = if self.half && merge_in_half {
+            let context = context.swap_dims(1, 2).reshape([batch, seq, d_model]);
             self.output.forward_from_half(context)
         } else {
+            let context = if self.half { to_full(context) } else { context };
+            let context = context.swap_dims(1, 2).reshape([batch, seq, d_model]);
             self.output.forward(context)
         };
         self.layer_norm
