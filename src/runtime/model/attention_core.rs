@@ -32,6 +32,11 @@
 //! probabilities for ∂V together. On the CPU it is the composition below,
 //! operation by operation.
 //!
+//! Under full fine-tuning the query, key and value projections join the
+//! operation ([`own_projected`]): one product for the three, its result
+//! split into heads, and in the backward pass two products where three
+//! projections take six (`model::qkv`).
+//!
 //! Other backends (inference, the inner backend of evaluation) run the
 //! composition as it is: nothing is kept there.
 
@@ -264,7 +269,7 @@ fn projected_on<B: Backend, I: Backend>(
 /// The query, key and value projections and the attention as one
 /// operation of burn's autodiff, on any autodiff backend. The three
 /// products are one `[batch·seq, d_model] · [d_model, 3·d_model]` product
-/// ([`super::qkv`]), in bf16 when `half`, and so are their two products in
+/// (`model::qkv`), in bf16 when `half`, and so are their two products in
 /// the backward pass, where three projections take six:
 ///
 /// ```text

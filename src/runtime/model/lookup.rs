@@ -10,7 +10,7 @@
 //! after another, 1.46 ms of a step whose kernels otherwise take about
 //! 20 ms; 0.66 ms for the position table and 0.38 ms for the relative bias
 //! (12 threads over 4,096 positions). On CUDA ftl's kernel
-//! ([`super::lookup_cuda`]) gives each position a cube instead. On the
+//! (`model::lookup_cuda`) gives each position a cube instead. On the
 //! CPU the backward pass is burn's own, so the values are the same there.
 //!
 //! Other backends (inference, the inner backend of evaluation) use burn's

@@ -351,7 +351,7 @@ impl<B: Backend> Projection<B> {
     }
 
     /// The weight and bias of a trained dense layer without an adapter
-    /// (what [`Projection::trained_rows`] multiplies); `None` for any other
+    /// (what `Projection::trained_rows` multiplies); `None` for any other
     /// layer, or one without a bias.
     pub fn trained_parts(&self) -> Option<(Tensor<B, 2>, Tensor<B, 1>)> {
         let w = self.weight.as_ref()?.val();
