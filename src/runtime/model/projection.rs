@@ -333,10 +333,7 @@ impl<B: Backend> Projection<B> {
     /// reductions. The values are the same either way. `x` is bf16 when
     /// `half`. `None` for any other layer.
     fn trained_rows(&self, x: Tensor<B, 3>, half: bool) -> Option<Tensor<B, 3>> {
-        let w = self.weight.as_ref()?.val();
-        if self.packed.is_some() || self.adapter.is_some() || !w.is_require_grad() {
-            return None;
-        }
+        let w = self.trained_weight()?;
         let [batch, seq, d_in] = x.dims();
         let d_out = w.dims()[1];
         let w = if half { as_half(w) } else { as_full(w) };
@@ -350,15 +347,19 @@ impl<B: Backend> Projection<B> {
         Some(out.reshape([batch, seq, d_out]))
     }
 
+    /// The weight of a trained dense layer without an adapter; `None` for
+    /// any other layer.
+    fn trained_weight(&self) -> Option<Tensor<B, 2>> {
+        let w = self.weight.as_ref()?.val();
+        let trained = self.packed.is_none() && self.adapter.is_none() && w.is_require_grad();
+        trained.then_some(w)
+    }
+
     /// The weight and bias of a trained dense layer without an adapter
     /// (what `Projection::trained_rows` multiplies); `None` for any other
     /// layer, or one without a bias.
     pub fn trained_parts(&self) -> Option<(Tensor<B, 2>, Tensor<B, 1>)> {
-        let w = self.weight.as_ref()?.val();
-        if self.packed.is_some() || self.adapter.is_some() || !w.is_require_grad() {
-            return None;
-        }
-        Some((w, self.bias.as_ref()?.val()))
+        Some((self.trained_weight()?, self.bias.as_ref()?.val()))
     }
 
     /// `x · W` with the base weight, in bf16 when `half` (`x` is then bf16).
