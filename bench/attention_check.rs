@@ -212,14 +212,9 @@ fn check<I: Backend>(name: &str, device: &I::Device, memory: &dyn Fn() -> Option
                 .grads
                 .iter()
                 .zip(&burns.grads)
-                .map(|(a, b)| {
-                    let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
-                    let norm: f32 = b.iter().map(|y| y * y).sum();
-                    (diff / norm.max(f32::MIN_POSITIVE)).sqrt()
-                })
+                .map(|(a, b)| relative_error(a, b, b))
                 .collect();
-            let tolerance = if half { 3e-2 } else { 1e-4 };
-            let out_tolerance = if half { 8e-3 } else { 1e-4 };
+            let (out_tolerance, tolerance) = tolerances(half);
             let burns_finite = burns
                 .out
                 .iter()
@@ -376,25 +371,18 @@ fn check_projected<I: Backend>(name: &str, device: &I::Device) -> bool {
         let fused = projected_run::<I>(true, half, device);
         let three = projected_run::<I>(false, half, device);
         let out_diff = relative_difference(&fused.out, &three.out);
-        let square = |v: &[f32]| v.iter().map(|y| y * y).sum::<f32>();
         let grad_errors: Vec<f32> = fused
             .grads
             .iter()
             .zip(&three.grads)
             .enumerate()
             .map(|(i, (a, b))| {
-                let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
                 // ∂b_k (index 5) is zero but for rounding: against ∂b_q's size.
-                let norm = if i == 5 {
-                    square(&three.grads[4])
-                } else {
-                    square(b)
-                };
-                (diff / norm.max(f32::MIN_POSITIVE)).sqrt()
+                let reference = if i == 5 { &three.grads[4] } else { b };
+                relative_error(a, b, reference)
             })
             .collect();
-        let tolerance = if half { 3e-2 } else { 1e-4 };
-        let out_tolerance = if half { 8e-3 } else { 1e-4 };
+        let (out_tolerance, tolerance) = tolerances(half);
         let finite = fused
             .out
             .iter()
@@ -418,6 +406,18 @@ fn check_projected<I: Backend>(name: &str, device: &I::Device) -> bool {
         );
     }
     ok
+}
+
+/// The L2 norm of `a − b`, relative to the norm of `reference`.
+fn relative_error(a: &[f32], b: &[f32], reference: &[f32]) -> f32 {
+    let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+    let norm: f32 = reference.iter().map(|y| y * y).sum();
+    (diff / norm.max(f32::MIN_POSITIVE)).sqrt()
+}
+
+/// The largest output difference and gradient error that pass.
+fn tolerances(half: bool) -> (f32, f32) {
+    if half { (8e-3, 3e-2) } else { (1e-4, 1e-4) }
 }
 
 /// The largest difference between two outputs, relative to the second's
