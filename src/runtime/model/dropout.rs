@@ -88,6 +88,26 @@ impl Dropout {
         }
     }
 
+    /// [`Dropout::forward`] in bf16 (an adapter's input, for its bf16
+    /// products): on CUDA in training, one kernel of ftl's that drops and
+    /// casts, and one for the gradient; elsewhere the mask and a cast.
+    /// The same draws, and so the same values, either way.
+    pub fn forward_to_half<B: Backend, const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        #[cfg(feature = "cuda")]
+        if self.prob > 0.0
+            && B::ad_enabled(&input.device())
+            && let Some(out) = super::dropout_cuda::dropped_half(&input, self.keep())
+        {
+            return out;
+        }
+        let out = self.forward(input);
+        if out.dtype() == burn::tensor::DType::BF16 {
+            out
+        } else {
+            out.cast(burn::tensor::FloatDType::BF16)
+        }
+    }
+
     /// The values [`Dropout::forward`] zeroes on an input of `shape` (true
     /// where dropped): burn's Bernoulli draws in f32, or on CUDA ftl's
     /// own from the next seed; `None` where it drops nothing (outside

@@ -14,7 +14,16 @@ use burn::tensor::{DType, Shape};
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use crate::runtime::backend::{Gpu, same_type};
-use crate::runtime::fusion_op::{Cube, Kernels, empty_on, launch_new};
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::TensorPrimitive;
+use burn::tensor::ops::FloatTensor;
+
+use crate::runtime::fusion_op::{
+    Cube, Kernels, Prim, contiguous, empty, empty_on, launch_new, launch_typed,
+};
 use crate::runtime::model::dropout::{Draws, Seeded, threshold};
 
 /// Values each cube of the mask kernel writes.
@@ -60,6 +69,31 @@ pub(crate) mod kernels {
             )
         } else {
             t
+        }
+    }
+
+    /// `dropped(x)` for every value, in `O`: an adapter's dropped input
+    /// (`F` f32, `O` bf16) and, with the same draw, its gradient (`F` the
+    /// gradient's dtype, `O` f32).
+    #[allow(clippy::too_many_arguments)]
+    #[cube(launch_unchecked)]
+    pub(super) fn drop_values<F: Float, O: Float>(
+        x: &Array<F>,
+        out: &mut Array<O>,
+        n: usize,
+        seed: u32,
+        threshold: u32,
+        inv_keep: f32,
+        #[define(F, O)] _dtypes: [StorageType; 2],
+    ) {
+        let i = ABSOLUTE_POS;
+        if i < n {
+            let draw = Draw {
+                seed,
+                threshold,
+                inv_keep,
+            };
+            out[i] = O::cast_from(dropped(f32::cast_from(x[i]), i, &draw, true));
         }
     }
 
@@ -167,4 +201,101 @@ pub(crate) fn dropped<B: Backend, const D: usize>(
     let device: &cubecl::cuda::CudaDevice = (device as &dyn std::any::Any).downcast_ref()?;
     let mask = keep_mask(Draws::next(), keep, shape, device).equal_elem(0.0);
     Some(Tensor::from_primitive(same_type(mask.into_primitive())))
+}
+
+/// `dropped(x)` of one draw for every value of a tensor, written in `out`.
+#[derive(Debug)]
+struct DropValues {
+    draw: KernelDraw,
+    out: DType,
+}
+
+impl Kernels for DropValues {
+    fn run(&self, inputs: Vec<Cube>) -> Vec<Cube> {
+        let [x]: [Cube; 1] = inputs.try_into().expect("one input");
+        let x = contiguous(x);
+        let shape = x.meta.shape().clone();
+        let n = shape.num_elements();
+        let out = empty(&x, shape, self.out);
+        let dtypes = [x.dtype.into(), self.out.into()];
+        // SAFETY: `i < n` bounds both contiguous tensors of n values.
+        unsafe {
+            kernels::drop_values::launch_unchecked::<crate::runtime::fusion_op::Runtime>(
+                &x.client,
+                CubeCount::Static((n as u32).div_ceil(CUBE), 1, 1),
+                CubeDim::new_1d(CUBE),
+                x.clone().into_array_arg(),
+                out.clone().into_array_arg(),
+                n,
+                self.draw.seed,
+                self.draw.threshold,
+                self.draw.inv_keep,
+                dtypes,
+            )
+        };
+        vec![out]
+    }
+}
+
+/// [`DropValues`] as an operation of the fusion stream.
+fn drop_values(x: FloatTensor<Gpu>, draw: KernelDraw, out: DType) -> FloatTensor<Gpu> {
+    let shape = burn::tensor::TensorMetadata::shape(&x);
+    let mut outputs = launch_typed(
+        "ftl_drop_values",
+        vec![same_type::<_, Prim>(x)],
+        vec![(shape, out)],
+        DropValues { draw, out },
+    );
+    same_type(outputs.remove(0))
+}
+
+/// The gradient of [`dropped_half`]'s input: the output's, dropped by the
+/// same draw, in f32.
+#[derive(Debug)]
+struct DroppedHalfBackward;
+
+impl Backward<Gpu, 1> for DroppedHalfBackward {
+    type State = KernelDraw;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<Gpu>(&ops.node);
+        if let Some(node) = node {
+            grads.register::<Gpu>(node.id, drop_values(grad, ops.state, DType::F32));
+        }
+    }
+}
+
+/// An adapter's input dropped and cast to bf16 in one kernel, its
+/// gradient dropped by the same draw in one more: where tensor operations
+/// draw a mask, compare it, fill, scale and cast (five launches forward,
+/// three backward). The draw is the next seed's, as [`dropped`] takes it,
+/// so the values are the ones the tensor operations give. Applies when
+/// training on CUDA with an f32 input; `None` elsewhere.
+pub(crate) fn dropped_half<B: Backend, const D: usize>(
+    input: &Tensor<B, D>,
+    keep: f64,
+) -> Option<Tensor<B, D>> {
+    if TypeId::of::<B>() != TypeId::of::<Autodiff<Gpu>>() || input.dtype() != DType::F32 {
+        return None;
+    }
+    let x = same_type::<_, Tensor<Autodiff<Gpu>, D>>(input.clone())
+        .into_primitive()
+        .tensor();
+    let draw = KernelDraw::new(Some(Seeded {
+        seed: Draws::next(),
+        keep,
+    }));
+    let out = drop_values(x.primitive, draw, DType::BF16);
+    let out = match DroppedHalfBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(draw, out),
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(same_type(Tensor::<Autodiff<Gpu>, D>::from_primitive(
+        TensorPrimitive::Float(out),
+    )))
 }

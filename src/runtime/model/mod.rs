@@ -4,6 +4,7 @@
 //! | file | what |
 //! | --- | --- |
 //! | `config.rs` | [`EncoderConfig`] read from `config.json` |
+//! | `dequant_cuda.rs` | a packed (QLoRA) base weight dequantized by one ftl kernel on CUDA |
 //! | `dropout.rs`, `dropout_cuda.rs` | dropout with a one-byte mask; on CUDA, ftl's own draws that kernels compute where they read |
 //! | `embeddings.rs` | word + position (+ token type) embeddings |
 //! | `attention.rs` | multi-head self-attention block |
@@ -24,6 +25,8 @@ pub mod attention;
 pub mod attention_core;
 pub mod classifier;
 pub mod config;
+#[cfg(feature = "cuda")]
+mod dequant_cuda;
 pub mod dropout;
 #[cfg(feature = "cuda")]
 mod dropout_cuda;

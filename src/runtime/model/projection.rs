@@ -17,7 +17,8 @@
 //!   (`bench/qlora_check.rs`). Until that is understood, CUDA differentiates
 //!   through the dequantization with burn's autodiff, which keeps the
 //!   dequantized weight. The codes come from [`crate::quant`], the host
-//!   reference.
+//!   reference. On CUDA one kernel of ftl's dequantizes
+//!   (`model::dequant_cuda`); elsewhere tensor operations do.
 //! - **adapter**: `A` (`[d_in, r]`) and `B` (`[r, d_out]`). The product `A·B`
 //!   is never formed: the update is two thin matmuls, so neither a dense
 //!   `d_in × d_out` delta nor its weight-sized gradient exists. `A` starts
@@ -55,7 +56,10 @@
 //! and QLoRA's base) and the adapters' thin products keep the batched form:
 //! on the rows, LoRA's step launched more kernels (776 → 819): fewer
 //! products took their output cast and bias into their own kernel (49 → 31)
-//! and more casts ran alone (128 → 149).
+//! and more casts ran alone (128 → 149). Measured again with the adapters'
+//! products on the rows too (no per-sentence gradients to sum), MPNet
+//! LoRA trained at 0.86× the speed of the batched form, taking turns on
+//! one H200 (BENCHMARKS.md).
 
 use std::any::TypeId;
 
@@ -220,7 +224,7 @@ impl<B: Backend> Adapter<B> {
     /// bf16, reused when there is no dropout to apply first.
     fn forward_half(&self, input: Tensor<B, 3>, half_input: Tensor<B, 3>) -> Tensor<B, 3> {
         let x = if self.dropout.prob > 0.0 && B::ad_enabled(&input.device()) {
-            as_half(self.dropout.forward(input))
+            self.dropout.forward_to_half(input)
         } else {
             half_input
         };
@@ -567,6 +571,70 @@ impl<B: Backend> Packed<B> {
 
     /// The weight `[d_in, d_out]` in f32.
     pub fn dequantize(&self) -> Tensor<B, 2> {
+        self.dequantize_as(FloatDType::F32)
+    }
+
+    /// The weight `[d_in, d_out]` in `dtype`: on CUDA by ftl's kernel
+    /// (`model::dequant_cuda`, one launch), elsewhere by tensor operations
+    /// ([`Packed::dequantize_by_tensor_ops`]), with the same values.
+    pub fn dequantize_as(&self, dtype: FloatDType) -> Tensor<B, 2> {
+        #[cfg(feature = "cuda")]
+        if let Some(w) = self.dequantize_on_gpu(dtype) {
+            return w;
+        }
+        let w = self.dequantize_by_tensor_ops();
+        if dtype == FloatDType::F32 {
+            w
+        } else {
+            w.cast(dtype)
+        }
+    }
+
+    /// [`Packed::dequantize_as`] by ftl's kernel, when `B` is the CUDA
+    /// backend or autodiff over it (the weight is then a constant: nothing
+    /// it is made from trains); `None` on any other backend.
+    #[cfg(feature = "cuda")]
+    fn dequantize_on_gpu(&self, dtype: FloatDType) -> Option<Tensor<B, 2>> {
+        use crate::runtime::backend::Gpu;
+        use crate::runtime::model::dequant_cuda;
+        if TypeId::of::<B>() == TypeId::of::<Autodiff<Gpu>>() {
+            let packed: Packed<Autodiff<Gpu>> = same_type(self.clone());
+            let w = packed.valid().dequantize_on_gpu(dtype)?;
+            return Some(same_type(Tensor::<Autodiff<Gpu>, 2>::from_inner(
+                same_type(w),
+            )));
+        }
+        if !dequant_cuda::applies::<B>() {
+            return None;
+        }
+        let scales = match (&self.scales, &self.scale_words, &self.group_scales) {
+            (Some(s), _, _) => dequant_cuda::Scales::Plain(s.val().into_primitive().tensor()),
+            (None, Some(codes), Some(groups)) => dequant_cuda::Scales::Double(
+                codes.val().into_primitive(),
+                groups.val().into_primitive().tensor(),
+            ),
+            _ => return None,
+        };
+        let layout = dequant_cuda::Layout {
+            bits: self.bits,
+            block_size: self.block_size,
+            group: quant::SCALE_GROUP,
+            offset: self.offset as f32,
+            dims: [self.d_in, self.d_out],
+            out: DType::from(dtype),
+        };
+        let w = dequant_cuda::dequantize::<B>(
+            self.words.val().into_primitive(),
+            self.codebook.val().into_primitive().tensor(),
+            scales,
+            layout,
+        );
+        Some(Tensor::from_primitive(TensorPrimitive::Float(w)))
+    }
+
+    /// The weight `[d_in, d_out]` in f32, by burn's tensor operations on
+    /// any backend (what the CUDA kernel is checked against).
+    pub fn dequantize_by_tensor_ops(&self) -> Tensor<B, 2> {
         let len = self.d_in * self.d_out;
         let blocks = len.div_ceil(self.block_size);
         let codes = unpack(self.words.val(), self.code_shifts.val(), self.bits)
@@ -583,8 +651,11 @@ impl<B: Backend> Packed<B> {
 
 /// The dequantized weight, in bf16 when `half`.
 fn weight_for<B: Backend>(packed: &Packed<B>, half: bool) -> Tensor<B, 2> {
-    let w = packed.dequantize();
-    if half { to_half(w) } else { w }
+    packed.dequantize_as(if half {
+        FloatDType::BF16
+    } else {
+        FloatDType::F32
+    })
 }
 
 /// The input's gradient of `x · W`: `g · Wᵀ`, `W` dequantized again.
