@@ -236,10 +236,13 @@ pub fn activations(config: &RunConfig) -> u64 {
                 if adapted == 0 {
                     continue;
                 }
-                // With dropout each adapter keeps its own dropped input and
-                // mask; without, the adapters read the base's input, kept once.
+                // With dropout each adapter keeps its own dropped input, and
+                // in fp32 its mask (under bf16 ftl's kernel draws the mask
+                // again in the backward pass on CUDA; the CPU keeps it,
+                // `dropout_masks`); without, the adapters read the base's
+                // input, kept once.
                 per_token += if lora.dropout > 0.0 {
-                    adapted * (product + 1) * width
+                    adapted * (product + u64::from(!bf16)) * width
                 } else {
                     product * width
                 };
@@ -258,15 +261,15 @@ pub fn activations(config: &RunConfig) -> u64 {
     // A product's backward pass also needs its weight: under bf16 a bf16 copy
     // of every trained linear weight lives until then (a frozen base kept in
     // bf16 is itself what the product keeps: no copy); a packed base in fp32
-    // keeps its dequantized f32 weights; in bf16 those are bf16 copies, and
-    // only one f32 dequantized weight (the largest) exists at a time. (On the
+    // keeps its dequantized f32 weights; in bf16 those are bf16 copies,
+    // which ftl's kernel writes directly (no f32 weight on the way). (On the
     // CPU a packed base dequantizes again in the backward pass and keeps
     // none; the estimate is the CUDA figure.)
     let linear = l * (4 * h * h + 2 * h * i);
     let weight_copies = if frozen_base_in_half(config) {
         0
     } else if bf16 || packed_half {
-        linear * 2 + if packed { h * i * 4 } else { 0 }
+        linear * 2
     } else if packed {
         linear * 4
     } else {
@@ -277,21 +280,40 @@ pub fn activations(config: &RunConfig) -> u64 {
 
 /// Bytes of dropout masks a training forward pass keeps where the
 /// dropouts are tensor operations (the CPU): one byte per value of the two
-/// dropouts on each layer's hidden states and of attention's probabilities.
-/// On CUDA ftl's kernels keep none of them ([`activations`]).
+/// dropouts on each layer's hidden states and of attention's probabilities,
+/// and under bf16 of each adapter's input dropout. On CUDA ftl's kernels
+/// keep none of them ([`activations`]).
 pub fn dropout_masks(config: &RunConfig) -> u64 {
-    if config.model.dropout <= 0.0 {
-        return 0;
-    }
     let d = &config.model.base.dims;
-    let (b, s, h, heads, l) = (
+    let (b, s, h, i, heads, l) = (
         config.train.batch_size as u64,
         config.dataset.max_tokens as u64,
         d.hidden as u64,
+        d.intermediate as u64,
         d.heads as u64,
         d.layers as u64,
     );
-    l * (b * s * 2 * h + b * heads * s * s)
+    let layers = if config.model.dropout > 0.0 {
+        l * (b * s * 2 * h + b * heads * s * s)
+    } else {
+        0
+    };
+    let adapters = match &config.method {
+        Method::Lora(lora) | Method::Qlora(lora)
+            if lora.dropout > 0.0 && config.train.precision == Precision::Bf16 =>
+        {
+            // One byte per value of each adapter's input: the layer's input
+            // (width h) for all but the second feed-forward product (i).
+            let widths: u64 = lora
+                .targets
+                .iter()
+                .map(|t| if t == "output.dense" { i } else { h })
+                .sum();
+            l * b * s * widths
+        }
+        _ => 0,
+    };
+    layers + adapters
 }
 
 /// `512.0 MiB`, `8.00 GiB`.
