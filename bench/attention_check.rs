@@ -34,7 +34,8 @@
 //! width (384) with a trained bias, in f32 and bf16: the output's
 //! difference, the relative error of the gradients of x, the three weights,
 //! the three biases (∂b_k, zero but for rounding, against ∂b_q's size) and
-//! the bias, and the milliseconds per pass, with the same tolerances.
+//! the bias, and the milliseconds per pass, with the same tolerances but
+//! for f32 on CUDA, whose products are TF32 (1e-3; see `TF32`).
 //!
 //! `cargo run --release --example attention_check`
 
@@ -382,7 +383,11 @@ fn check_projected<I: Backend>(name: &str, device: &I::Device) -> bool {
                 relative_error(a, b, reference)
             })
             .collect();
-        let (out_tolerance, tolerance) = tolerances(half);
+        let (out_tolerance, tolerance) = if !half && name != "cpu" {
+            TF32
+        } else {
+            tolerances(half)
+        };
         let finite = fused
             .out
             .iter()
@@ -414,6 +419,13 @@ fn relative_error(a: &[f32], b: &[f32], reference: &[f32]) -> f32 {
     let norm: f32 = reference.iter().map(|y| y * y).sum();
     (diff / norm.max(f32::MIN_POSITIVE)).sqrt()
 }
+
+/// The tolerances of the f32 q/k/v comparison on CUDA, where f32 products
+/// are TF32 (10-bit mantissa, BENCHMARKS.md): one `[d, 3d]` product and
+/// three `[d, d]` ones are tuned and tiled apart and round differently
+/// (1.3e-4 on the output and 1.8e-4 on ∂W_q on the H200). Training takes
+/// that path only with bf16 products.
+const TF32: (f32, f32) = (1e-3, 1e-3);
 
 /// The largest output difference and gradient error that pass.
 fn tolerances(half: bool) -> (f32, f32) {
