@@ -7,7 +7,7 @@
 //! products and sums of the scales, two reshapes and slices, and the cast to
 //! bf16 for the product: on the H200 about twelve launches for each of a
 //! layer's six weights, every step (MPNet QLoRA: 1,936 launches a step,
-//! 1,048 for LoRA). Here one thread computes one value: it takes its code
+//! 1,048 for LoRA; 1,090 with this kernel, BENCHMARKS.md). Here one thread computes one value: it takes its code
 //! from its word, looks it up in the codebook, and multiplies it by its
 //! block's scale, which it decodes itself from the 8-bit scale code and its
 //! group's scale when the scales are double-quantized. The arithmetic is

@@ -5,6 +5,9 @@
 //! settings [`KernelDraw`] gives a launch; [`dropped`] makes a mask from it
 //! where tensor operations want one (one operation of burn's fusion stream
 //! and one kernel, where burn's Bernoulli draw was a random-number kernel).
+//! [`dropped_half`] is an adapter's input dropout under bf16 as an autodiff
+//! operation of two such kernels: the input dropped and cast, and its
+//! gradient dropped by the same draw, with no mask in between.
 
 use std::any::TypeId;
 
@@ -13,7 +16,6 @@ use burn::prelude::*;
 use burn::tensor::{DType, Shape};
 use cubecl::prelude::{CubeCount, CubeDim};
 
-use crate::runtime::backend::{Gpu, same_type};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -21,12 +23,13 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::TensorPrimitive;
 use burn::tensor::ops::FloatTensor;
 
+use crate::runtime::backend::{Gpu, same_type};
 use crate::runtime::fusion_op::{
-    Cube, Kernels, Prim, contiguous, empty, empty_on, launch_new, launch_typed,
+    Cube, Kernels, Prim, Runtime, contiguous, empty, empty_on, launch_new, launch_typed,
 };
 use crate::runtime::model::dropout::{Draws, Seeded, threshold};
 
-/// Values each cube of the mask kernel writes.
+/// Values each cube of the mask and drop kernels writes.
 const CUBE: u32 = 256;
 
 pub(crate) mod kernels {
@@ -220,7 +223,7 @@ impl Kernels for DropValues {
         let dtypes = [x.dtype.into(), self.out.into()];
         // SAFETY: `i < n` bounds both contiguous tensors of n values.
         unsafe {
-            kernels::drop_values::launch_unchecked::<crate::runtime::fusion_op::Runtime>(
+            kernels::drop_values::launch_unchecked::<Runtime>(
                 &x.client,
                 CubeCount::Static((n as u32).div_ceil(CUBE), 1, 1),
                 CubeDim::new_1d(CUBE),
