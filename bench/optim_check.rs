@@ -14,6 +14,14 @@
 //! parameter's largest value, after each step. Exits non-zero when one is
 //! above 1e-5.
 //!
+//! Some matrices are kept in bf16 (`AdamW::keep_in_half`): on CUDA the
+//! model sees them as bf16 copies that the step writes, and their
+//! gradients come back in bf16. Their loss term is linear, with factors
+//! that bf16 holds exactly, so their gradients are the same values on both
+//! devices. Their masters (`AdamW::masters`) are compared as the others
+//! are, and after every step each bf16 copy must be its master rounded to
+//! the nearest bf16, to the bit.
+//!
 //! `cargo run --release --features cuda --example optim_check`
 
 #[cfg(feature = "cuda")]
@@ -22,6 +30,7 @@ fn main() {
     use burn::module::{Module, Param};
     use burn::optim::GradientsParams;
     use burn::prelude::*;
+    use burn::tensor::{DType, FloatDType};
     use ftl::runtime::backend::{Cpu, configure_cubecl, cuda_available};
     use ftl::runtime::train::optim::AdamW;
 
@@ -31,6 +40,16 @@ fn main() {
         vecs: Vec<Param<Tensor<B, 1>>>,
         /// Used transposed: its gradient comes back as a transposed view.
         turned: Param<Tensor<B, 2>>,
+        /// Kept in bf16 on CUDA.
+        halves: Vec<Param<Tensor<B, 2>>>,
+    }
+
+    const HALVES: [[usize; 2]; 6] = [[384, 1536], [37, 11], [64, 64], [3, 1], [300, 7], [16, 16]];
+
+    /// `x` rounded to the nearest bf16 (ties to even), as a cast rounds it.
+    fn bf16_round(x: f32) -> f32 {
+        let b = x.to_bits();
+        f32::from_bits(b.wrapping_add(0x7fff + ((b >> 16) & 1)) & 0xffff_0000)
     }
 
     const MATS: [[usize; 2]; 11] = [
@@ -73,6 +92,11 @@ fn main() {
                 })
                 .collect(),
             turned: mat([96, 40], 99),
+            halves: HALVES
+                .iter()
+                .enumerate()
+                .map(|(i, d)| mat(*d, 200 + i))
+                .collect(),
         }
     }
 
@@ -95,6 +119,21 @@ fn main() {
         for (i, v) in model.vecs.iter().enumerate() {
             total = total + term(v.val(), 100 + i);
         }
+        for (i, h) in model.halves.iter().enumerate() {
+            let p = h.val();
+            let n = p.dims().iter().product::<usize>();
+            let d: Vec<f32> = values(n, i * 13 + step + 7)
+                .into_iter()
+                .map(bf16_round)
+                .collect();
+            let d = Tensor::<B, 1>::from_floats(d.as_slice(), &p.device());
+            let d = if p.dtype() == DType::BF16 {
+                d.cast(FloatDType::BF16)
+            } else {
+                d
+            };
+            total = total + (p.reshape([n]) * d).sum().cast(FloatDType::F32);
+        }
         total
     }
     use burn::tensor::backend::AutodiffBackend;
@@ -110,23 +149,43 @@ fn main() {
             eps: 1e-8,
             weight_decay: 0.01,
         });
+        optimizer.keep_in_half(model.halves.iter().map(|p| p.id));
         model = optimizer.prepare(model);
         let mut out = Vec::new();
+        let flat = |t: Tensor<B, 1>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
         for step in 0..steps {
             let grads = GradientsParams::from_grads(loss(&model, step).backward(), &model);
             let (next, norm) = optimizer.step(model, grads, 1e-2, clip);
             model = next;
             let norm = norm.expect("gradients").into_scalar().elem::<f64>();
+            let masters = optimizer.masters(model.clone());
             let mut params: Vec<Vec<f32>> = Vec::new();
-            let flat = |t: Tensor<B, 1>| t.into_data().to_vec::<f32>().expect("f32");
-            for m in &model.mats {
+            for m in &masters.mats {
                 let n = m.val().dims().iter().product::<usize>();
                 params.push(flat(m.val().reshape([n])));
             }
-            for v in &model.vecs {
+            for v in &masters.vecs {
                 params.push(flat(v.val()));
             }
-            params.push(flat(model.turned.val().reshape([96 * 40])));
+            params.push(flat(masters.turned.val().reshape([96 * 40])));
+            for (seen, master) in model.halves.iter().zip(&masters.halves) {
+                let n = master.val().dims().iter().product::<usize>();
+                let master = flat(master.val().reshape([n]));
+                let seen_dtype = seen.val().dtype();
+                let seen = flat(seen.val().reshape([n]));
+                if seen_dtype == DType::BF16 {
+                    let wrong = master
+                        .iter()
+                        .zip(&seen)
+                        .filter(|(m, s)| bf16_round(**m).to_bits() != s.to_bits())
+                        .count();
+                    if wrong > 0 {
+                        println!("FAIL: {wrong} of {n} bf16 copies are not their master rounded");
+                        std::process::exit(1);
+                    }
+                }
+                params.push(master);
+            }
             out.push((params, norm));
         }
         out
@@ -139,6 +198,21 @@ fn main() {
     configure_cubecl(0);
     let cuda = burn::backend::cuda::CudaDevice::new(0);
     let cpu = Default::default();
+    // The check means something only if CUDA's model did see bf16 copies.
+    {
+        let mut model = toy::<Autodiff<Cuda>>(&cuda);
+        let mut optimizer = AdamW::<Cuda>::new(ftl::config::AdamW {
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+            weight_decay: 0.01,
+        });
+        optimizer.keep_in_half(model.halves.iter().map(|p| p.id));
+        model = optimizer.prepare(model);
+        if model.halves.iter().any(|h| h.val().dtype() != DType::BF16) {
+            println!("FAIL: the weights kept in bf16 are not bf16 views on CUDA");
+            std::process::exit(1);
+        }
+    }
     let mut worst = 0f64;
     for clip in [Some(1.0), None] {
         let on_cuda = run::<Autodiff<Cuda>>(&cuda, clip, 6);

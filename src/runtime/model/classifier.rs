@@ -94,6 +94,20 @@ impl<B: Backend> Classifier<B> {
         self
     }
 
+    /// The trained matrices only bf16 products read
+    /// ([`Projection::half_weights`]), over every layer.
+    pub fn half_weights(&self) -> Vec<burn::module::ParamId> {
+        self.encoder
+            .layers
+            .iter()
+            .flat_map(|layer| {
+                projections(layer)
+                    .into_iter()
+                    .flat_map(|p| p.half_weights())
+            })
+            .collect()
+    }
+
     /// Whether any base weight is kept in bf16 (so merging needs the f32
     /// base from its file: [`Classifier::with_full_base`]).
     pub fn base_in_half(&self) -> bool {

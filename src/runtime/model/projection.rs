@@ -68,7 +68,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::module::{AutodiffModule, Param};
+use burn::module::{AutodiffModule, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, FloatDType, TensorPrimitive};
@@ -229,8 +229,8 @@ impl<B: Backend> Adapter<B> {
             half_input
         };
         to_full(
-            x.matmul(to_half(self.a.val()).unsqueeze())
-                .matmul(to_half(self.b.val()).unsqueeze()),
+            x.matmul(as_half(self.a.val()).unsqueeze())
+                .matmul(as_half(self.b.val()).unsqueeze()),
         )
         .mul_scalar(self.scale)
     }
@@ -401,6 +401,27 @@ impl<B: Backend> Projection<B> {
                 let half = to_half(value.detach());
                 self.weight = Some(Param::initialized(w.id, half));
             }
+        }
+    }
+
+    /// The trained matrices that only this layer's bf16 products read: a
+    /// trained dense weight without an adapter, or the adapter's `A` and
+    /// `B`. None when the layer computes in f32. The optimizer may hand
+    /// these to the model in bf16 (`train::optim::AdamW::keep_in_half`).
+    pub fn half_weights(&self) -> Vec<ParamId> {
+        if !self.half {
+            return Vec::new();
+        }
+        if let Some(adapter) = &self.adapter {
+            return [&adapter.a, &adapter.b]
+                .into_iter()
+                .filter(|p| p.is_require_grad())
+                .map(|p| p.id)
+                .collect();
+        }
+        match (&self.weight, self.trained_weight()) {
+            (Some(w), Some(_)) => vec![w.id],
+            _ => Vec::new(),
         }
     }
 

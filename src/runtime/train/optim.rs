@@ -14,8 +14,19 @@
 //! parameter in a handful of kernels per group instead of several per
 //! parameter. The moments can be read out and restored per parameter, for
 //! checkpoints.
+//!
+//! **bf16 views** ([`AdamW::keep_in_half`]): on CUDA, the weights that only
+//! bf16 products read (a trained dense layer's weight, an adapter's `A` and
+//! `B`) are handed to the model as views of a bf16 copy of the f32 master,
+//! which the step's kernel writes beside the master. The forward pass then
+//! casts no trained weight, and autodiff gives those weights bf16
+//! gradients, which the step reads as they are: no cast of a weight each
+//! way, per weight and step. The values are the ones the casts gave: the
+//! bf16 copy is the master rounded as a cast rounds it, and the gradient of
+//! a cast was the bf16 gradient widened. [`AdamW::masters`] gives the model
+//! with f32 views of the masters again, for checkpoints and saving.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
@@ -44,6 +55,9 @@ pub struct Moments<B: Backend> {
 /// MiniLM's 384-value vectors each left a gap.
 const ALIGN: usize = 128;
 
+/// [`ALIGN`] for the bf16 copies: 512 bytes of bf16.
+const HALF_ALIGN: usize = 256;
+
 /// The group of matrices (which decay) and the group of vectors.
 const MATRICES: usize = 0;
 const VECTORS: usize = 1;
@@ -55,6 +69,8 @@ struct Segment {
     group: usize,
     offset: usize,
     dims: Vec<usize>,
+    /// Its offset in the group's bf16 copy, when the model sees that copy.
+    half: Option<usize>,
 }
 
 impl Segment {
@@ -72,6 +88,9 @@ struct Flat<B: Backend> {
     p: Tensor<B, 1>,
     m: Tensor<B, 1>,
     v: Tensor<B, 1>,
+    /// bf16 copies of the group's parameters the model sees in bf16, each
+    /// at its segment's `half` offset; `None` when there are none.
+    h: Option<Tensor<B, 1>>,
 }
 
 /// AdamW's state.
@@ -85,6 +104,8 @@ pub struct AdamW<B: Backend> {
     flat: [Option<Flat<B>>; 2],
     /// Moments restored from a checkpoint, placed at the next step.
     restored: HashMap<ParamId, Moments<B>>,
+    /// Parameters the model is to see in bf16 ([`AdamW::keep_in_half`]).
+    half: HashSet<ParamId>,
 }
 
 /// One step's trained parameters and their gradients, in the model's order.
@@ -102,6 +123,30 @@ impl<B: Backend> AdamW<B> {
             layout: Vec::new(),
             flat: [None, None],
             restored: HashMap::new(),
+            half: HashSet::new(),
+        }
+    }
+
+    /// Hands the model the matrices `ids` as bf16 views of their masters
+    /// from [`AdamW::prepare`] on (see the module documentation). Name only
+    /// weights that nothing but bf16 products reads, and only when each
+    /// step's gradients come from one backward pass (accumulated in bf16
+    /// they would round). Takes effect on ftl's CUDA backend only, where
+    /// the step's kernel writes the copies; elsewhere every parameter stays
+    /// f32.
+    pub fn keep_in_half(&mut self, ids: impl IntoIterator<Item = ParamId>) {
+        self.half = ids.into_iter().collect();
+    }
+
+    /// Whether bf16 views are made at all: on ftl's CUDA backend.
+    fn shadows() -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::runtime::backend::Gpu>()
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            false
         }
     }
 
@@ -160,9 +205,14 @@ impl<B: Backend> AdamW<B> {
                 .iter()
                 .zip(&self.layout)
                 .all(|((id, dims), s)| *id == s.id && *dims == s.dims);
-        if !same {
+        let model = if same {
+            model
+        } else {
+            // Laid out anew from the f32 masters, not the bf16 views.
+            let model = self.masters(model);
             self.relayout(&model, &gathered.ids, &device);
-        }
+            model
+        };
         let s = self.settings;
         let [b1, b2] = s.betas;
         let t = self.steps as i32;
@@ -191,7 +241,11 @@ impl<B: Backend> AdamW<B> {
             let placed = self
                 .layout
                 .iter()
-                .map(|s| (s.group, s.offset))
+                .map(|s| multi::Place {
+                    group: s.group,
+                    offset: s.offset,
+                    half: s.half,
+                })
                 .zip(gathered.grads)
                 .collect();
             let (flat, norm) = multi::step(std::mem::take(&mut self.flat), placed, hyper, clip);
@@ -202,20 +256,72 @@ impl<B: Backend> AdamW<B> {
         };
         #[cfg(not(feature = "cuda"))]
         let grads = gathered.grads;
+        // A bf16 view's gradient is bf16: the flat layout is f32.
+        let grads = grads
+            .into_iter()
+            .map(|g| g.cast(burn::tensor::FloatDType::F32))
+            .collect();
 
         let (g, norm) = self.gather(grads, &device);
         let factor = clip.map(|max| clip_factor(norm.clone(), max));
         let model = self.release(model);
         let mut flat = std::mem::take(&mut self.flat);
         for (group, g) in g.into_iter().enumerate() {
-            let (Some(g), Some(Flat { p, m, v })) = (g, flat[group].take()) else {
+            let (Some(g), Some(Flat { p, m, v, h })) = (g, flat[group].take()) else {
                 continue;
             };
             let (p, m, v) = update(p, m, v, g, factor.clone(), hyper[group]);
-            flat[group] = Some(Flat { p, m, v });
+            let h = h.map(|_| self.half_copies(&p, group));
+            flat[group] = Some(Flat { p, m, v, h });
         }
         self.flat = flat;
         (self.place(model), Some(norm))
+    }
+
+    /// `model` with every trained parameter an f32 view of its master
+    /// (where [`AdamW::keep_in_half`] had it see a bf16 copy): what a
+    /// checkpoint or a saved model holds. The optimizer keeps the copies;
+    /// the next [`AdamW::step`] takes either form.
+    pub fn masters<AB, M>(&self, model: M) -> M
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        if self.layout.iter().all(|s| s.half.is_none()) {
+            return model;
+        }
+        model.map(&mut Place {
+            layout: &self.layout,
+            flat: &self.flat,
+            half: false,
+        })
+    }
+
+    /// Group `group`'s bf16 copies, from its parameters `p`: each half
+    /// segment's values cast, zeros between.
+    fn half_copies(&self, p: &Tensor<B, 1>, group: usize) -> Tensor<B, 1> {
+        let device = p.device();
+        let zeros =
+            |len: usize| Tensor::<B, 1>::zeros([len], &device).cast(burn::tensor::FloatDType::BF16);
+        let mut parts = Vec::new();
+        let mut end = 0;
+        for s in self.layout.iter().filter(|s| s.group == group) {
+            let Some(at) = s.half else { continue };
+            if at > end {
+                parts.push(zeros(at - end));
+            }
+            parts.push(
+                p.clone()
+                    .slice(s.range())
+                    .cast(burn::tensor::FloatDType::BF16),
+            );
+            end = at + s.len();
+        }
+        let n = end.next_multiple_of(HALF_ALIGN);
+        if n > end {
+            parts.push(zeros(n - end));
+        }
+        Tensor::cat(parts, 0)
     }
 
     /// `model` with its trained parameters let go ([`Release`]).
@@ -240,6 +346,7 @@ impl<B: Backend> AdamW<B> {
         model.map(&mut Place {
             layout: &self.layout,
             flat: &self.flat,
+            half: true,
         })
     }
 
@@ -334,15 +441,24 @@ impl<B: Backend> AdamW<B> {
             }
         }
         let mut ends = [0usize; 2];
+        let mut half_ends = [0usize; 2];
+        let shadows = Self::shadows();
         self.layout = ids
             .iter()
             .map(|(id, dims)| {
                 let group = if dims.len() >= 2 { MATRICES } else { VECTORS };
+                let len: usize = dims.iter().product();
+                let half = (shadows && group == MATRICES && self.half.contains(id)).then(|| {
+                    let at = half_ends[group];
+                    half_ends[group] = (at + len).next_multiple_of(HALF_ALIGN);
+                    at
+                });
                 let s = Segment {
                     id: *id,
                     group,
                     offset: ends[group],
                     dims: dims.clone(),
+                    half,
                 };
                 ends[group] = (s.offset + s.len()).next_multiple_of(ALIGN);
                 s
@@ -382,8 +498,16 @@ impl<B: Backend> AdamW<B> {
             } else {
                 (zeros(n), zeros(n))
             };
-            Some(Flat { p, m, v })
+            Some(Flat { p, m, v, h: None })
         });
+        for group in [MATRICES, VECTORS] {
+            if half_ends[group] > 0
+                && let Some(p) = self.flat[group].as_ref().map(|f| f.p.clone())
+            {
+                let h = self.half_copies(&p, group);
+                self.flat[group].as_mut().expect("its group").h = Some(h);
+            }
+        }
     }
 }
 
@@ -491,34 +615,37 @@ fn update<B: Backend>(
 /// it: no copy of the gradients into the flat layout.
 ///
 /// Two kernels of ftl's own do the work, each over up to [`PER_LAUNCH`]
-/// gradients of one group per launch: one sums the squares of the
-/// gradients into partial sums (one per GPU thread, so the sum is the same
-/// from run to run), the other applies the clipped AdamW update to the
-/// parameters and moments at each gradient's offset in the flat buffers,
-/// in place. The gathered step held the gradients twice at its high point
-/// (autodiff's own, and their flat copy) and, on CUDA, the memory pool kept
-/// both for the whole run: with MPNet, 435 MB more than the four buffers of
-/// parameters, gradients and moments that PyTorch's loop holds. It also
-/// launched one copy per parameter (about 200 for MPNet) where these
-/// kernels launch about 2 per 8 parameters.
+/// gradients of one group (and one gradient dtype) per launch: one sums
+/// the squares of the gradients into partial sums (one per GPU thread, so
+/// the sum is the same from run to run), the other applies the clipped
+/// AdamW update to the parameters and moments at each gradient's offset in
+/// the flat buffers, in place, and writes the bf16 copy of each parameter
+/// that has one. The gathered step held the gradients twice at its high
+/// point (autodiff's own, and their flat copy) and, on CUDA, the memory
+/// pool kept both for the whole run: with MPNet, 435 MB more than the four
+/// buffers of parameters, gradients and moments that PyTorch's loop holds.
+/// It also launched one copy per parameter (about 200 for MPNet) where
+/// these kernels launch about 2 per 32 parameters.
 #[cfg(feature = "cuda")]
 mod multi {
     use std::any::TypeId;
 
     use burn::prelude::*;
     use burn::tensor::ops::FloatTensorOps;
-    use burn::tensor::{Scalar, Shape};
-    use cubecl::prelude::{Array, CubeCount, CubeDim, SequenceArg};
+    use burn::tensor::{DType, Scalar, Shape};
+    use cubecl::prelude::{CubeCount, CubeDim, SequenceArg};
 
     use super::{Flat, Hyper};
     use crate::runtime::backend::{Gpu, same_type};
     use crate::runtime::fusion_op::{
-        Cube, Inner, Kernels, Prim, Runtime, contiguous, empty_f32, launch,
+        Cube, Inner, Kernels, Prim, Runtime, contiguous, empty, empty_f32, launch_typed,
     };
 
     /// Gradients per kernel launch. Each launch compiles one kernel per
-    /// count of gradients it reads (1 to 8).
-    const PER_LAUNCH: usize = 8;
+    /// count of gradients it reads (1 to 32) and their dtype. At 8, MPNet's
+    /// step launched each kernel 26 times, every launch one operation of
+    /// burn's fusion thread, which bounds the step (BENCHMARKS.md).
+    const PER_LAUNCH: usize = 32;
     /// Threads per cube.
     const CUBE: u32 = 256;
     /// The most threads one launch starts; each thread strides over the
@@ -532,13 +659,14 @@ mod multi {
         use cubecl::prelude::*;
 
         /// `partials[base + i]` = the sum of squares of every `stride`-th value
-        /// of the gradients, starting at value `i` of each.
+        /// of the gradients, starting at value `i` of each, in f32.
         #[cube(launch_unchecked)]
-        pub(super) fn sum_of_squares(
-            grads: Sequence<Array<f32>>,
+        pub(super) fn sum_of_squares<G: Float>(
+            grads: Sequence<Array<G>>,
             partials: &mut Array<f32>,
             base: usize,
             stride: usize,
+            #[define(G)] _dtype: StorageType,
         ) {
             let count = comptime!(grads.len());
             let mut acc = f32::new(0.0);
@@ -550,7 +678,7 @@ mod multi {
                     if i >= n {
                         break;
                     }
-                    let x = grads[k][i];
+                    let x = f32::cast_from(grads[k][i]);
                     acc += x * x;
                     i += stride;
                 }
@@ -559,15 +687,19 @@ mod multi {
         }
 
         /// AdamW on the values of `p`, `m` and `v` at each gradient's offset,
-        /// the gradients first multiplied by `factor[0]` when `clipped`.
+        /// the gradients (in `G`, read as f32) first multiplied by
+        /// `factor[0]` when `clipped`; with `copies`, each new value is also
+        /// written to `h` (in `S`) at the gradient's `halves` offset.
         #[allow(clippy::too_many_arguments)]
         #[cube(launch_unchecked)]
-        pub(super) fn adamw(
+        pub(super) fn adamw<G: Float, S: Float>(
             p: &mut Array<f32>,
             m: &mut Array<f32>,
             v: &mut Array<f32>,
-            grads: Sequence<Array<f32>>,
+            h: &mut Array<S>,
+            grads: Sequence<Array<G>>,
             offsets: Sequence<usize>,
+            halves: Sequence<usize>,
             factor: &Array<f32>,
             b1: f32,
             b2: f32,
@@ -577,6 +709,8 @@ mod multi {
             correction2_sqrt: f32,
             stride: usize,
             #[comptime] clipped: bool,
+            #[comptime] copies: bool,
+            #[define(G, S)] _dtypes: [StorageType; 2],
         ) {
             let count = comptime!(grads.len());
             let mut f = f32::new(1.0);
@@ -587,19 +721,24 @@ mod multi {
             for k in 0..count {
                 let n = grads[k].len();
                 let offset = offsets[k];
+                let half = halves[k];
                 let mut i = ABSOLUTE_POS;
                 loop {
                     if i >= n {
                         break;
                     }
-                    let g = grads[k][i] * f;
+                    let g = f32::cast_from(grads[k][i]) * f;
                     let j = offset + i;
                     let m_new = b1 * m[j] + (f32::new(1.0) - b1) * g;
                     let v_new = b2 * v[j] + (f32::new(1.0) - b2) * g * g;
                     m[j] = m_new;
                     v[j] = v_new;
-                    p[j] =
+                    let p_new =
                         decay * p[j] - step * m_new / (f32::sqrt(v_new) / correction2_sqrt + eps);
+                    p[j] = p_new;
+                    if copies {
+                        h[half + i] = S::cast_from(p_new);
+                    }
                     i += stride;
                 }
             }
@@ -608,14 +747,26 @@ mod multi {
 
     type Groups<B> = [Option<Flat<B>>; 2];
 
+    /// Where one gradient goes.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub(super) struct Place {
+        pub(super) group: usize,
+        /// In the group's f32 buffers.
+        pub(super) offset: usize,
+        /// In the group's bf16 copies, when the parameter has one.
+        pub(super) half: Option<usize>,
+    }
+
     /// Where each input and output of the operation belongs.
     #[derive(Debug)]
     struct Step {
         /// Which groups have buffers (inputs and outputs p, m, v each, in
-        /// group order, before the gradients).
+        /// group order, before the gradients) and which of those have bf16
+        /// copies (after their v).
         groups: [bool; 2],
-        /// Each gradient's group and offset, in input order.
-        placed: Vec<(usize, usize)>,
+        copies: [bool; 2],
+        /// Each gradient's place, in input order.
+        placed: Vec<Place>,
         hyper: [Hyper; 2],
         clip: Option<f64>,
     }
@@ -624,20 +775,30 @@ mod multi {
         n.clamp(1, MAX_UNITS).next_multiple_of(CUBE as usize)
     }
 
-    /// The gradients' launches: up to [`PER_LAUNCH`] of one group each, in
-    /// the model's order within the group, with the threads the longest
-    /// needs. Grouping by group first matters: the model's order alternates
+    /// The gradients' launches: up to [`PER_LAUNCH`] of one kind each (the
+    /// same group, gradient dtype and whether a bf16 copy is written), in
+    /// the model's order within the kind, with the threads the longest
+    /// needs. `kinds[i]` is gradient `i`'s `(group, kind within the
+    /// group)`. Grouping first matters: the model's order alternates
     /// weights and biases, and launches cut at every change held one
     /// gradient each (76 launches of each kernel per MiniLM step, measured).
-    fn launches(placed: &[(usize, usize)], lens: &[usize]) -> Vec<(usize, Vec<usize>, usize)> {
+    fn launches(kinds: &[(usize, usize)], lens: &[usize]) -> Vec<(usize, Vec<usize>, usize)> {
         let mut out = Vec::new();
         for group in [super::MATRICES, super::VECTORS] {
-            let members: Vec<usize> = (0..placed.len())
-                .filter(|&i| placed[i].0 == group)
-                .collect();
-            for chunk in members.chunks(PER_LAUNCH) {
-                let longest = chunk.iter().map(|&i| lens[i]).max().unwrap_or(1);
-                out.push((group, chunk.to_vec(), units(longest)));
+            let mut seen: Vec<usize> = Vec::new();
+            for &(g, kind) in kinds {
+                if g == group && !seen.contains(&kind) {
+                    seen.push(kind);
+                }
+            }
+            for kind in seen {
+                let members: Vec<usize> = (0..kinds.len())
+                    .filter(|&i| kinds[i] == (group, kind))
+                    .collect();
+                for chunk in members.chunks(PER_LAUNCH) {
+                    let longest = chunk.iter().map(|&i| lens[i]).max().unwrap_or(1);
+                    out.push((group, chunk.to_vec(), units(longest)));
+                }
             }
         }
         out
@@ -646,23 +807,34 @@ mod multi {
     impl Kernels for Step {
         fn run(&self, inputs: Vec<Cube>) -> Vec<Cube> {
             let mut inputs = inputs.into_iter();
-            let mut buffers: [Option<[Cube; 3]>; 2] = [None, None];
+            let mut buffers: [Option<Vec<Cube>>; 2] = [None, None];
             for (group, present) in self.groups.iter().enumerate() {
                 if *present {
-                    let mut own = || {
-                        let t = inputs.next().expect("p, m, v");
-                        if t.can_mut() && t.is_contiguous() {
-                            t
-                        } else {
-                            t.copy()
-                        }
-                    };
-                    buffers[group] = Some([own(), own(), own()]);
+                    let count = if self.copies[group] { 4 } else { 3 };
+                    let own = (0..count)
+                        .map(|_| {
+                            let t = inputs.next().expect("p, m, v (and h)");
+                            if t.can_mut() && t.is_contiguous() {
+                                t
+                            } else {
+                                t.copy()
+                            }
+                        })
+                        .collect();
+                    buffers[group] = Some(own);
                 }
             }
             let grads: Vec<Cube> = inputs.map(contiguous).collect();
             let lens: Vec<usize> = grads.iter().map(|g| g.meta.num_elements()).collect();
-            let plan = launches(&self.placed, &lens);
+            let kinds: Vec<(usize, usize)> = grads
+                .iter()
+                .zip(&self.placed)
+                .map(|(g, place)| {
+                    let half = usize::from(g.dtype != DType::F32);
+                    (place.group, half * 2 + usize::from(place.half.is_some()))
+                })
+                .collect();
+            let plan = launches(&kinds, &lens);
             let client = grads[0].client.clone();
 
             // The norm: partial sums, then their sum.
@@ -670,13 +842,13 @@ mod multi {
             let partials = empty_f32(&grads[0], Shape::new([total]));
             let mut base = 0;
             for (_, members, threads) in &plan {
-                let mut seq = SequenceArg::<Runtime, Array<f32>>::new();
+                let mut seq = SequenceArg::new();
                 for &i in members {
                     seq.push(grads[i].clone().into_array_arg());
                 }
                 // SAFETY: every index is below its array's length: the loop
                 // stops at each gradient's length, and `partials` holds
-                // `base + threads` values.
+                // `base + threads` values. The members share one dtype.
                 unsafe {
                     sum_of_squares::launch_unchecked(
                         &client,
@@ -686,6 +858,7 @@ mod multi {
                         partials.clone().into_array_arg(),
                         base,
                         *threads,
+                        grads[members[0]].dtype.into(),
                     )
                 };
                 base += threads;
@@ -699,38 +872,51 @@ mod multi {
                 Inner::float_clamp_max(f, Scalar::Float(1.0))
             });
 
+            // Launches that write no copy still bind one: a one-value bf16
+            // buffer they never touch.
+            let unused = empty(&grads[0], Shape::new([1]), DType::BF16);
             for (group, members, threads) in &plan {
-                let [p, m, v] = buffers[*group].as_ref().expect("the group's buffers");
-                let h = self.hyper[*group];
-                let mut seq = SequenceArg::<Runtime, Array<f32>>::new();
+                let own = buffers[*group].as_ref().expect("the group's buffers");
+                let copies = self.placed[members[0]].half.is_some();
+                let h = if copies { &own[3] } else { &unused };
+                let hyper = self.hyper[*group];
+                let mut seq = SequenceArg::new();
                 let mut offsets = SequenceArg::<Runtime, usize>::new();
+                let mut halves = SequenceArg::<Runtime, usize>::new();
                 for &i in members {
                     seq.push(grads[i].clone().into_array_arg());
-                    offsets.push(self.placed[i].1);
+                    offsets.push(self.placed[i].offset);
+                    halves.push(self.placed[i].half.unwrap_or(0));
                 }
                 let factor = factor.as_ref().unwrap_or(&norm);
-                // SAFETY: every gradient lies inside its group's buffers
-                // at its offset (the layout puts it there), and the loop
-                // stops at each gradient's length.
+                // SAFETY: every gradient lies inside its group's buffers at
+                // its offset, and inside the bf16 copies at its half offset
+                // when it has one (the layout puts it there); the loop stops
+                // at each gradient's length. The members share one dtype and
+                // either all have copies or none does.
                 unsafe {
                     adamw::launch_unchecked(
                         &client,
                         CubeCount::Static((*threads as u32) / CUBE, 1, 1),
                         CubeDim::new_1d(CUBE),
-                        p.clone().into_array_arg(),
-                        m.clone().into_array_arg(),
-                        v.clone().into_array_arg(),
+                        own[0].clone().into_array_arg(),
+                        own[1].clone().into_array_arg(),
+                        own[2].clone().into_array_arg(),
+                        h.clone().into_array_arg(),
                         seq,
                         offsets,
+                        halves,
                         factor.clone().into_array_arg(),
-                        h.b1 as f32,
-                        h.b2 as f32,
-                        h.eps as f32,
-                        h.decay as f32,
-                        h.step as f32,
-                        h.correction2_sqrt as f32,
+                        hyper.b1 as f32,
+                        hyper.b2 as f32,
+                        hyper.eps as f32,
+                        hyper.decay as f32,
+                        hyper.step as f32,
+                        hyper.correction2_sqrt as f32,
                         *threads,
                         self.clip.is_some(),
+                        copies,
+                        [grads[members[0]].dtype.into(), h.dtype.into()],
                     )
                 };
             }
@@ -741,9 +927,9 @@ mod multi {
         }
     }
 
-    /// Whether [`step`] takes this step: `B` is ftl's CUDA backend,
-    /// every buffer and gradient is f32, and every gradient's group has
-    /// buffers.
+    /// Whether [`step`] takes this step: `B` is ftl's CUDA backend, every
+    /// buffer is f32 but the bf16 copies, every gradient is f32 or bf16,
+    /// and every gradient's group has buffers.
     pub(super) fn applies<B: Backend>(
         flat: &Groups<B>,
         layout: &[super::Segment],
@@ -756,15 +942,23 @@ mod multi {
                 .iter()
                 .flatten()
                 .flat_map(|f| [&f.p, &f.m, &f.v])
-                .chain(grads)
-                .all(|t| t.dtype() == burn::tensor::DType::F32)
+                .all(|t| t.dtype() == DType::F32)
+            && flat
+                .iter()
+                .flatten()
+                .filter_map(|f| f.h.as_ref())
+                .all(|t| t.dtype() == DType::BF16)
+            && grads
+                .iter()
+                .all(|t| matches!(t.dtype(), DType::F32 | DType::BF16))
     }
 
     /// The step as one operation, where [`applies`] said so: the updated
-    /// buffers and the gradients' norm.
+    /// buffers and the gradients' norm. `placed` holds each gradient with
+    /// where it goes.
     pub(super) fn step<B: Backend>(
         flat: Groups<B>,
-        placed: Vec<((usize, usize), Tensor<B, 1>)>,
+        placed: Vec<(Place, Tensor<B, 1>)>,
         hyper: [Hyper; 2],
         clip: Option<f64>,
     ) -> (Groups<B>, Tensor<B, 1>) {
@@ -773,27 +967,33 @@ mod multi {
             t.into_primitive().tensor()
         };
         let groups = [flat[0].is_some(), flat[1].is_some()];
-        let mut lens = Vec::new();
+        let copies = [0, 1].map(|g| flat[g].as_ref().is_some_and(|f| f.h.is_some()));
+        let mut shapes = Vec::new();
         let mut inputs = Vec::new();
         for f in flat.into_iter().flatten() {
-            lens.push(f.p.dims()[0]);
+            let n = Shape::new([f.p.dims()[0]]);
+            shapes.extend([
+                (n.clone(), DType::F32),
+                (n.clone(), DType::F32),
+                (n, DType::F32),
+            ]);
             inputs.extend([prim(f.p), prim(f.m), prim(f.v)]);
+            if let Some(h) = f.h {
+                shapes.push((Shape::new([h.dims()[0]]), DType::BF16));
+                inputs.push(prim(h));
+            }
         }
-        let (places, grads): (Vec<(usize, usize)>, Vec<Tensor<B, 1>>) = placed.into_iter().unzip();
+        let (places, grads): (Vec<Place>, Vec<Tensor<B, 1>>) = placed.into_iter().unzip();
         inputs.extend(grads.into_iter().map(prim));
-        let mut shapes: Vec<Shape> = lens
-            .iter()
-            .flat_map(|&n| [n, n, n])
-            .map(|n| Shape::new([n]))
-            .collect();
-        shapes.push(Shape::new([1]));
+        shapes.push((Shape::new([1]), DType::F32));
         let step = Step {
             groups,
+            copies,
             placed: places,
             hyper,
             clip,
         };
-        let mut out = launch("ftl_adamw_step", inputs, shapes, step)
+        let mut out = launch_typed("ftl_adamw_step", inputs, shapes, step)
             .into_iter()
             .map(|t| {
                 let t: Tensor<Gpu, 1> =
@@ -801,11 +1001,12 @@ mod multi {
                 same_type::<_, Tensor<B, 1>>(t)
             });
         let mut next = || out.next().expect("an output per buffer, and the norm");
-        let flat = groups.map(|present| {
-            present.then(|| Flat {
+        let flat = [0, 1].map(|g| {
+            groups[g].then(|| Flat {
                 p: next(),
                 m: next(),
                 v: next(),
+                h: copies[g].then(&mut next),
             })
         });
         (flat, next())
@@ -816,31 +1017,42 @@ mod multi {
         use super::*;
 
         /// Weights and biases alternate in the model's order; each launch
-        /// still holds up to eight gradients of one group, in order, and
-        /// starts whole cubes of threads, no more than the cap.
+        /// still holds up to 32 gradients of one kind, in order, and starts
+        /// whole cubes of threads, no more than the cap.
         #[test]
-        fn launches_hold_up_to_eight_gradients_of_one_group() {
-            let placed: Vec<(usize, usize)> = (0..21).map(|i| (i % 2, i * 1000)).collect();
-            let mut lens: Vec<usize> = (0..21).map(|i| 100 + i).collect();
+        fn launches_hold_up_to_32_gradients_of_one_kind() {
+            // 81 gradients: even ones matrices, odd ones vectors; every
+            // third matrix of another kind (a bf16 gradient, say).
+            let kinds: Vec<(usize, usize)> = (0..81)
+                .map(|i| (i % 2, usize::from(i % 2 == 0 && i % 3 == 0)))
+                .collect();
+            let mut lens: Vec<usize> = (0..81).map(|i| 100 + i).collect();
             lens[4] = 3 * MAX_UNITS;
-            let plan = launches(&placed, &lens);
+            let plan = launches(&kinds, &lens);
+            let members =
+                |f: &dyn Fn(usize) -> bool| -> Vec<usize> { (0..81).filter(|&i| f(i)).collect() };
+            let plain = members(&|i| i % 2 == 0 && i % 3 != 0);
+            let other = members(&|i| i % 2 == 0 && i % 3 == 0);
+            let vectors = members(&|i| i % 2 == 1);
             let groups: Vec<(usize, Vec<usize>)> =
                 plan.iter().map(|(g, m, _)| (*g, m.clone())).collect();
             assert_eq!(
                 groups,
                 vec![
-                    (0, vec![0, 2, 4, 6, 8, 10, 12, 14]),
-                    (0, vec![16, 18, 20]),
-                    (1, vec![1, 3, 5, 7, 9, 11, 13, 15]),
-                    (1, vec![17, 19]),
+                    // Kinds in the order of their first gradient.
+                    (0, other.clone()),
+                    (0, plain.clone()),
+                    (1, vectors[..32].to_vec()),
+                    (1, vectors[32..].to_vec()),
                 ]
             );
+            assert_eq!((plain.len(), other.len(), vectors.len()), (27, 14, 40));
             let threads: Vec<usize> = plan.iter().map(|(_, _, t)| *t).collect();
-            assert_eq!(threads, vec![MAX_UNITS, 256, 256, 256]);
+            assert_eq!(threads, vec![256, MAX_UNITS, 256, 256]);
             // Every gradient is in exactly one launch.
             let mut all: Vec<usize> = plan.iter().flat_map(|(_, m, _)| m.clone()).collect();
             all.sort();
-            assert_eq!(all, (0..21).collect::<Vec<_>>());
+            assert_eq!(all, (0..81).collect::<Vec<_>>());
         }
     }
 }
@@ -907,10 +1119,12 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Release<'_> {
     }
 }
 
-/// Replaces each trained parameter with its view of the updated buffers.
+/// Replaces each trained parameter with its view of the updated buffers:
+/// of its bf16 copy where it has one and `half`, else of its master.
 struct Place<'a, B: Backend> {
     layout: &'a [Segment],
     flat: &'a [Option<Flat<B>>; 2],
+    half: bool,
 }
 
 impl<AB: AutodiffBackend> ModuleMapper<AB> for Place<'_, AB::InnerBackend> {
@@ -919,9 +1133,13 @@ impl<AB: AutodiffBackend> ModuleMapper<AB> for Place<'_, AB::InnerBackend> {
         let Some(s) = self.layout.iter().find(|s| s.id == id) else {
             return Param::from_mapped_value(id, tensor, mapper);
         };
-        let p = &self.flat[s.group].as_ref().expect("its group").p;
+        let flat = self.flat[s.group].as_ref().expect("its group");
         let dims: [usize; D] = s.dims.clone().try_into().expect("same rank");
-        let value = p.clone().slice(s.range()).reshape(dims);
+        let value = match (self.half, s.half, &flat.h) {
+            (true, Some(at), Some(h)) => h.clone().slice(at..at + s.len()),
+            _ => flat.p.clone().slice(s.range()),
+        }
+        .reshape(dims);
         Param::from_mapped_value(
             id,
             Tensor::<AB, D>::from_inner(value).require_grad(),

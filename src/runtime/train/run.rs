@@ -529,7 +529,13 @@ fn execute_on<AB: AutodiffBackend>(
             })?;
     }
     // The trained parameters move into the optimizer's buffers before the
-    // first forward pass (see `AdamW::prepare`).
+    // first forward pass (see `AdamW::prepare`). On CUDA the weights only
+    // bf16 products read are then bf16 views of their masters
+    // (`AdamW::keep_in_half`), unless gradients are accumulated over
+    // micro-batches: summed in bf16 they would round.
+    if cfg.train.grad_accum <= 1 {
+        optimizer.keep_in_half(model.half_weights());
+    }
     model = optimizer.prepare(model);
     progress.seconds[0] += started.elapsed().as_secs_f64();
 
@@ -783,6 +789,8 @@ fn execute_on<AB: AutodiffBackend>(
         }
     }
     let _ = stopped_early;
+    // From here on the model holds its f32 masters (saved as they are).
+    let model = optimizer.masters(model);
 
     // Final evaluation, unless one was just taken at this step.
     let predictions = if last_eval_step != Some(progress.step) || progress.evaluations.is_empty() {

@@ -242,6 +242,8 @@ pub fn save_checkpoint<AB: AutodiffBackend, M: AutodiffModule<AB>>(
     optimizer: &AdamW<AB::InnerBackend>,
     progress: &Progress,
 ) -> RuntimeResult<()> {
+    // The f32 masters, where the model sees bf16 copies of some weights.
+    let model = &optimizer.masters(model.clone());
     let names = named_params::<AB, M>(model);
     let trainable: HashMap<String, ParamId> = names
         .iter()
