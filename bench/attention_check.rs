@@ -35,7 +35,10 @@
 //! difference, the relative error of the gradients of x, the three weights,
 //! the three biases (∂b_k, zero but for rounding, against ∂b_q's size) and
 //! the bias, and the milliseconds per pass, with the same tolerances but
-//! for f32 on CUDA, whose products are TF32 (1e-3; see `TF32`).
+//! for f32 on CUDA, whose products are TF32 (1e-3; see `TF32`). Then the
+//! same for LoRA's case: frozen weights and biases with adapter updates on
+//! the query and the value (ftl's split and merge kernels with the
+//! updates), comparing the gradients of x, the two updates and the bias.
 //!
 //! `cargo run --release --example attention_check`
 
@@ -256,8 +259,16 @@ fn check<I: Backend>(name: &str, device: &I::Device, memory: &dyn Fn() -> Option
 }
 
 /// One forward and backward pass of the projections and the attention,
-/// fused (`own_projected`) or as three projections.
-fn projected_run<I: Backend>(fused: bool, half: bool, device: &I::Device) -> Outcome {
+/// fused (`own_projected`) or as three projections. `adapted`: LoRA's case,
+/// the weights and biases frozen (the weights in the products' dtype) and
+/// adapter updates on the query and the value, whose gradients are
+/// compared instead of the weights' and biases'.
+fn projected_run<I: Backend>(
+    fused: bool,
+    half: bool,
+    adapted: bool,
+    device: &I::Device,
+) -> Outcome {
     let width = H * D;
     let leaf = |seed: u64, shape: Vec<usize>, scale: f32| {
         let n: usize = shape.iter().product();
@@ -268,16 +279,33 @@ fn projected_run<I: Backend>(fused: bool, half: bool, device: &I::Device) -> Out
         .reshape([B, S, width])
         .require_grad();
     let scale = 1.0 / (width as f32).sqrt();
+    let trained = |t: Tensor<Train<I>, 2>| if adapted { t } else { t.require_grad() };
     let w: Vec<Tensor<Train<I>, 2>> = (0..3)
         .map(|i| {
-            leaf(12 + i, vec![width, width], scale)
-                .reshape([width, width])
-                .require_grad()
+            let w = leaf(12 + i, vec![width, width], scale).reshape([width, width]);
+            if adapted && half {
+                w.cast(FloatDType::BF16)
+            } else {
+                trained(w)
+            }
         })
         .collect();
     let b: Vec<Tensor<Train<I>, 1>> = (0..3)
-        .map(|i| leaf(15 + i, vec![width], 0.1).require_grad())
+        .map(|i| {
+            let b = leaf(15 + i, vec![width], 0.1);
+            if adapted { b } else { b.require_grad() }
+        })
         .collect();
+    // The adapters' updates of q and v (LoRA's default targets), α/r = 2.
+    let updates: Vec<Tensor<Train<I>, 2>> = (0..2)
+        .map(|i| {
+            leaf(20 + i, vec![B * S, width], 0.1)
+                .reshape([B * S, width])
+                .require_grad()
+        })
+        .collect();
+    let update_of = [Some(0), None, Some(1)];
+    let update_scale = 2.0;
     let bias: Tensor<Train<I>, 4> = leaf(18, vec![B, H, S, S], 1.0)
         .reshape([B, H, S, S])
         .require_grad();
@@ -291,6 +319,11 @@ fn projected_run<I: Backend>(fused: bool, half: bool, device: &I::Device) -> Out
             let projections = Projections {
                 weights: [w[0].clone(), w[1].clone(), w[2].clone()],
                 biases: [b[0].clone(), b[1].clone(), b[2].clone()],
+                deltas: if adapted {
+                    update_of.map(|u| u.map(|u| (half_of(updates[u].clone()), update_scale)))
+                } else {
+                    [None, None, None]
+                },
             };
             own_projected::<I>(
                 x.clone(),
@@ -313,9 +346,12 @@ fn projected_run<I: Backend>(fused: bool, half: bool, device: &I::Device) -> Out
                 if half {
                     out = out.cast(FloatDType::F32);
                 }
-                let out = (out + b[part].clone().unsqueeze())
-                    .reshape([B, S, H, D])
-                    .swap_dims(1, 2);
+                let mut out = out + b[part].clone().unsqueeze();
+                if let (true, Some(u)) = (adapted, update_of[part]) {
+                    let update = half_of(updates[u].clone()).cast(FloatDType::F32);
+                    out = out + update.mul_scalar(update_scale);
+                }
+                let out = out.reshape([B, S, H, D]).swap_dims(1, 2);
                 if half {
                     out.cast(FloatDType::BF16)
                 } else {
@@ -351,8 +387,12 @@ fn projected_run<I: Backend>(fused: bool, half: bool, device: &I::Device) -> Out
             .expect("f32")
     }
     let mut all = vec![flat(x.grad(&grads).expect("∂x"))];
-    all.extend(w.iter().map(|w| flat(w.grad(&grads).expect("∂W"))));
-    all.extend(b.iter().map(|b| flat(b.grad(&grads).expect("∂b"))));
+    if adapted {
+        all.extend(updates.iter().map(|u| flat(u.grad(&grads).expect("∂Δ"))));
+    } else {
+        all.extend(w.iter().map(|w| flat(w.grad(&grads).expect("∂W"))));
+        all.extend(b.iter().map(|b| flat(b.grad(&grads).expect("∂b"))));
+    }
     all.push(flat(bias.grad(&grads).expect("∂bias")));
     Outcome {
         out: flat(y.inner()),
@@ -366,11 +406,11 @@ fn projected_run<I: Backend>(fused: bool, half: bool, device: &I::Device) -> Out
 /// projections, in f32 and bf16; false when one fails.
 fn check_projected<I: Backend>(name: &str, device: &I::Device) -> bool {
     let mut ok = true;
-    // bf16 first: training's case, whose product shapes the shipped tuning
+    // bf16 first: training's cases, whose product shapes the shipped tuning
     // table holds; the f32 products are tuned on first use.
-    for half in [true, false] {
-        let fused = projected_run::<I>(true, half, device);
-        let three = projected_run::<I>(false, half, device);
+    for (half, adapted) in [(true, false), (true, true), (false, false), (false, true)] {
+        let fused = projected_run::<I>(true, half, adapted, device);
+        let three = projected_run::<I>(false, half, adapted, device);
         let out_diff = relative_difference(&fused.out, &three.out);
         let grad_errors: Vec<f32> = fused
             .grads
@@ -379,7 +419,11 @@ fn check_projected<I: Backend>(name: &str, device: &I::Device) -> bool {
             .enumerate()
             .map(|(i, (a, b))| {
                 // ∂b_k (index 5) is zero but for rounding: against ∂b_q's size.
-                let reference = if i == 5 { &three.grads[4] } else { b };
+                let reference = if i == 5 && !adapted {
+                    &three.grads[4]
+                } else {
+                    b
+                };
                 relative_error(a, b, reference)
             })
             .collect();
@@ -397,9 +441,19 @@ fn check_projected<I: Backend>(name: &str, device: &I::Device) -> bool {
             finite && out_diff <= out_tolerance && grad_errors.iter().all(|e| *e <= tolerance);
         ok &= pass;
         println!(
-            "{name} {} q/k/v as one product: output {out_diff:.1e}, gradients (x, W_q, W_k, W_v, \
-             b_q, b_k, b_v, bias) {}, {:.2} ms against {:.2} ms per pass: {}",
+            "{name} {} q/k/v as one product{}: output {out_diff:.1e}, gradients {} {}, {:.2} ms \
+             against {:.2} ms per pass: {}",
             if half { "bf16" } else { "f32 " },
+            if adapted {
+                ", frozen, adapters on q and v"
+            } else {
+                ""
+            },
+            if adapted {
+                "(x, Δq, Δv, bias)"
+            } else {
+                "(x, W_q, W_k, W_v, b_q, b_k, b_v, bias)"
+            },
             grad_errors
                 .iter()
                 .map(|e| format!("{e:.1e}"))

@@ -133,6 +133,16 @@ fn base_weight_bytes(config: &RunConfig, base_params: u64) -> u64 {
     }
 }
 
+/// Whether LoRA adapts the query, key or value projection.
+fn adapts_qkv(config: &RunConfig) -> bool {
+    let Some(lora) = config.method.adapter() else {
+        return false;
+    };
+    lora.targets
+        .iter()
+        .any(|t| matches!(t.as_str(), "query" | "key" | "value" | "q" | "k" | "v"))
+}
+
 /// LoRA with bf16 products: the frozen dense base is kept in bf16 only.
 fn frozen_base_in_half(config: &RunConfig) -> bool {
     config.train.precision == Precision::Bf16
@@ -260,14 +270,21 @@ pub fn activations(config: &RunConfig) -> u64 {
     };
     // A product's backward pass also needs its weight: under bf16 a bf16 copy
     // of every trained linear weight lives until then (a frozen base kept in
-    // bf16 is itself what the product keeps: no copy); a packed base in fp32
+    // bf16 is itself what the product keeps: no copy, but for the packed
+    // query, key and value of LoRA on them); a packed base in fp32
     // keeps its dequantized f32 weights; in bf16 those are bf16 copies,
     // which ftl's kernel writes directly (no f32 weight on the way). (On the
     // CPU a packed base dequantizes again in the backward pass and keeps
     // none; the estimate is the CUDA figure.)
     let linear = l * (4 * h * h + 2 * h * i);
     let weight_copies = if frozen_base_in_half(config) {
-        0
+        // Adapters on the query, key or value make the three frozen bases
+        // one product, which keeps its packed bf16 weight.
+        if adapts_qkv(config) {
+            l * 3 * h * h * 2
+        } else {
+            0
+        }
     } else if bf16 || packed_half {
         linear * 2
     } else if packed {

@@ -646,8 +646,11 @@ fn bf16_products_track_fp32_and_keep_f32_master_weights() {
 
 /// LoRA under bf16 keeps its frozen base in bf16 only. The products read the
 /// same values as casting an f32 base every step (bitwise the same logits
-/// and adapter gradients), the adapters and head stay f32, and merging with
-/// the f32 base read again gives exactly that base plus the update.
+/// and adapter gradients; with the base in bf16 the query, key and value
+/// run as one product with the adapters' updates added in its head split,
+/// and the layers one by one otherwise), the adapters and head stay f32,
+/// and merging with the f32 base read again gives exactly that base plus
+/// the update.
 #[test]
 fn lora_in_bf16_keeps_the_frozen_base_in_bf16_and_merges_from_the_f32_base() {
     let _serial = serial();

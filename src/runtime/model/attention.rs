@@ -85,6 +85,47 @@ impl<B: Backend> SelfAttention<B> {
         let projections = Projections {
             weights: [wq, wk, wv],
             biases: [bq, bk, bv],
+            deltas: [None, None, None],
+        };
+        projected(
+            hidden,
+            projections,
+            self.num_heads,
+            bias,
+            &self.attention_dropout,
+            true,
+        )
+    }
+
+    /// The attention's result in heads (bf16) by [`projected`] for LoRA: in
+    /// training under bf16 products, when the query, key and value layers
+    /// are frozen dense layers (bases kept in bf16) with biases and some of
+    /// them carry adapters. The three bases are one product; each adapter's
+    /// update is added where the layer adds it (`qkv::split_adapted`).
+    /// `None` otherwise.
+    fn adapted(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+        let layers = [&self.query, &self.key, &self.value];
+        if !self.half
+            || !B::ad_enabled(&hidden.device())
+            || layers.iter().all(|p| p.adapter.is_none())
+        {
+            return None;
+        }
+        let (wq, bq) = self.query.frozen_half_parts()?;
+        let (wk, bk) = self.key.frozen_half_parts()?;
+        let (wv, bv) = self.value.frozen_half_parts()?;
+        let [batch, seq, _] = hidden.dims();
+        let deltas = layers.map(|p| {
+            p.adapter.as_ref().map(|a| {
+                let update = a.product_half(hidden.clone(), None);
+                let width = update.dims()[2];
+                (update.reshape([batch * seq, width]), a.scale())
+            })
+        });
+        let projections = Projections {
+            weights: [wq, wk, wv],
+            biases: [bq, bk, bv],
+            deltas,
         };
         projected(
             hidden,
@@ -109,6 +150,9 @@ impl<B: Backend> SelfAttention<B> {
         let [batch, seq, d_model] = hidden.dims();
         if let Some(context) = self.projected(hidden.clone(), bias.clone()) {
             return self.output_block(context, hidden, true);
+        }
+        if let Some(context) = self.adapted(hidden.clone(), bias.clone()) {
+            return self.output_block(context, hidden, false);
         }
         let head_dim = d_model / self.num_heads;
         let heads = |x: Tensor<B, 3>| {

@@ -191,13 +191,17 @@ pub fn own_backward<I: Backend>(
     Tensor::<Autodiff<I>, 4>::from_primitive(TensorPrimitive::Float(out))
 }
 
-/// The trained query, key and value projections of an attention block, in
-/// that order: `[d_model, d_model]` weights and `[d_model]` biases.
+/// The query, key and value projections of an attention block, in that
+/// order: `[d_model, d_model]` weights and `[d_model]` biases, trained
+/// (full fine-tuning) or frozen with LoRA adapters on some of them.
 pub struct Projections<B: Backend> {
     /// `W_q`, `W_k`, `W_v`.
     pub weights: [Tensor<B, 2>; 3],
     /// `b_q`, `b_k`, `b_v`.
     pub biases: [Tensor<B, 1>; 3],
+    /// Each adapted projection's adapter update `[batch·seq, d_model]`
+    /// (unscaled, in the products' dtype) and its scale.
+    pub deltas: [Option<(Tensor<B, 2>, f64)>; 3],
 }
 
 impl<B: Backend> Projections<B> {
@@ -205,6 +209,7 @@ impl<B: Backend> Projections<B> {
         Projections {
             weights: self.weights.map(same_type),
             biases: self.biases.map(same_type),
+            deltas: self.deltas.map(|d| d.map(|(t, s)| (same_type(t), s))),
         }
     }
 }
@@ -282,6 +287,13 @@ fn projected_on<B: Backend, I: Backend>(
 /// are rounded to the products' dtype, as [`super::projection`] does. The
 /// backward pass keeps x in the products' dtype and the packed weight,
 /// where three projections keep x and the three weights in that dtype.
+///
+/// With LoRA (frozen weights and biases), each adapter's update `Δ` enters
+/// with its scale `s` where the layers add it, after the bias in f32
+/// (`qkv::split_adapted`), and its gradient is `s · ∂part` as rows
+/// (`qkv::merge_adapted`); the frozen weights get no gradient, so the
+/// backward pass is one product, for ∂x. The adapters' own products stay
+/// outside, in autodiff.
 pub fn own_projected<I: Backend>(
     x: Tensor<Autodiff<I>, 3>,
     projections: Projections<Autodiff<I>>,
@@ -295,9 +307,21 @@ pub fn own_projected<I: Backend>(
     let dtype = qkv::dtype(half);
     let softmax = softmax_for::<I>(dtype.into(), [batch, heads, seq], &bias, dropout);
     let x = x.into_primitive().tensor();
+    // x's rows are kept for the weights' gradient only (LoRA's are frozen).
+    let trained = projections.weights.iter().any(|w| w.is_require_grad());
     let weights = projections.weights.map(|w| w.into_primitive().tensor());
     let biases = projections.biases.map(|b| b.into_primitive().tensor());
+    let deltas = projections
+        .deltas
+        .map(|d| d.map(|(t, scale)| (t.into_primitive().tensor(), scale)));
     let bias = bias.into_primitive().tensor();
+    // A part without an update names x's node in its place; its scale is
+    // `None` and the backward pass gives that place nothing.
+    let delta_node = |t: usize| {
+        deltas[t]
+            .as_ref()
+            .map_or_else(|| x.node.clone(), |(d, _)| d.node.clone())
+    };
     let nodes = [
         x.node.clone(),
         weights[0].node.clone(),
@@ -307,7 +331,11 @@ pub fn own_projected<I: Backend>(
         biases[1].node.clone(),
         biases[2].node.clone(),
         bias.node.clone(),
+        delta_node(0),
+        delta_node(1),
+        delta_node(2),
     ];
+    let scales = [0, 1, 2].map(|t| deltas[t].as_ref().map(|(_, s)| *s));
     let x_dtype = x.primitive.dtype().into();
     let rows = I::float_reshape(
         qkv::cast::<I>(x.primitive, dtype),
@@ -315,7 +343,13 @@ pub fn own_projected<I: Backend>(
     );
     let packed = qkv::pack::<I>(weights.map(|w| w.primitive), dtype);
     let y = I::float_matmul(rows.clone(), packed.clone());
-    let [q, k, v] = qkv::split::<I>(y, biases.map(|b| b.primitive), batch, heads, dtype);
+    let biases = biases.map(|b| b.primitive);
+    let [q, k, v] = if scales.iter().any(Option::is_some) {
+        let deltas = deltas.map(|d| d.map(|(t, s)| (t.primitive, s)));
+        qkv::split_adapted::<I>(y, biases, deltas, batch, heads, dtype)
+    } else {
+        qkv::split::<I>(y, biases, batch, heads, dtype)
+    };
     let attention = State {
         q,
         k,
@@ -334,10 +368,11 @@ pub fn own_projected<I: Backend>(
         OpsKind::Tracked(prep) => prep.finish(
             Projected {
                 attention,
-                rows,
+                rows: trained.then_some(rows),
                 packed,
                 x_shape: [batch, seq, d_in],
                 x_dtype,
+                scales,
             },
             context,
         ),
@@ -625,30 +660,49 @@ fn input_gradients<I: Backend>(
 #[derive(Clone, Debug)]
 struct Projected<I: Backend> {
     attention: State<I>,
-    rows: FloatTensor<I>,
+    /// x's rows in the products' dtype, when a weight trains.
+    rows: Option<FloatTensor<I>>,
     packed: FloatTensor<I>,
     x_shape: [usize; 3],
     x_dtype: FloatDType,
+    /// Each adapted part's scale.
+    scales: [Option<f64>; 3],
 }
 
-/// The gradients of x, the three weights, the three biases and the
-/// attention's bias from the result's.
+/// The gradients of x, the three weights, the three biases, the
+/// attention's bias and the adapters' updates from the result's.
 #[derive(Debug)]
 struct ProjectedBackward;
 
-impl<I: Backend> Backward<I, 8> for ProjectedBackward {
+impl<I: Backend> Backward<I, 11> for ProjectedBackward {
     type State = Projected<I>;
 
-    fn backward(self, ops: Ops<Self::State, 8>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [x_node, wq, wk, wv, bq, bk, bv, bias_node] = ops.parents;
+    fn backward(self, ops: Ops<Self::State, 11>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [
+            x_node,
+            wq,
+            wk,
+            wv,
+            bq,
+            bk,
+            bv,
+            bias_node,
+            dq_node,
+            dk_node,
+            dv_node,
+        ] = ops.parents;
         let grad = grads.consume::<I>(&ops.node);
         let s = ops.state;
         let bias_id = bias_node.map(|node| node.id);
         let weights = [wq, wk, wv];
         let biases = [bq, bk, bv];
+        // Only a present update's place counts (an absent one names x).
+        let updates = [dq_node, dk_node, dv_node];
+        let scales = [0, 1, 2].map(|t| s.scales[t].filter(|_| updates[t].is_some()));
         let any_weight = weights.iter().any(Option::is_some);
         let any_bias = biases.iter().any(Option::is_some);
-        if x_node.is_none() && !any_weight && !any_bias {
+        let any_update = scales.iter().any(Option::is_some);
+        if x_node.is_none() && !any_weight && !any_bias && !any_update {
             input_gradients::<I>(s.attention, grad, [false; 3], bias_id, grads);
             return;
         }
@@ -658,7 +712,17 @@ impl<I: Backend> Backward<I, 8> for ProjectedBackward {
         else {
             unreachable!("all three gradients were asked for")
         };
-        let dy = qkv::merge::<I>([dq, dk, dv], dtype);
+        let dy = if any_update {
+            let (dy, deltas) = qkv::merge_adapted::<I>([dq, dk, dv], dtype, scales);
+            for (node, g) in updates.iter().zip(deltas) {
+                if let (Some(node), Some(g)) = (node, g) {
+                    grads.register::<I>(node.id, g);
+                }
+            }
+            dy
+        } else {
+            qkv::merge::<I>([dq, dk, dv], dtype)
+        };
         if any_bias {
             let width = dy.shape()[1] / 3;
             let summed = I::float_sum_dim(qkv::cast::<I>(dy.clone(), FloatDType::F32), 0);
@@ -670,8 +734,8 @@ impl<I: Backend> Backward<I, 8> for ProjectedBackward {
                 }
             }
         }
-        if any_weight {
-            let dw = I::float_matmul(I::float_swap_dims(s.rows, 0, 1), dy.clone());
+        if any_weight && let Some(rows) = s.rows {
+            let dw = I::float_matmul(I::float_swap_dims(rows, 0, 1), dy.clone());
             for (node, g) in weights.iter().zip(qkv::unpack::<I>(dw)) {
                 if let Some(node) = node {
                     grads.register::<I>(node.id, g);
@@ -884,6 +948,7 @@ mod tests {
                 let projections = Projections {
                     weights: [w[0].clone(), w[1].clone(), w[2].clone()],
                     biases: [bb[0].clone(), bb[1].clone(), bb[2].clone()],
+                    deltas: [None, None, None],
                 };
                 own_projected::<Cpu>(
                     x.clone(),
@@ -972,6 +1037,136 @@ mod tests {
     #[test]
     fn one_product_for_q_k_v_agrees_with_three_under_bf16() {
         check_projected(true);
+    }
+
+    /// Values, and the gradients of x, the adapters' updates of q and v and
+    /// the attention's bias, for [`own_projected`] with frozen weights and
+    /// biases and updates on q and v (LoRA's case), and for the layers one
+    /// by one as `projection` computes them (the update in f32, times its
+    /// scale, added after the bias), from the same inputs and draws.
+    fn adapted_both(half: bool) -> [Vec<Vec<f32>>; 2] {
+        let device = cpu_device();
+        let (b, h, s, d) = (2, 3, 7, 8);
+        let width = h * d;
+        let normal = |n: usize| {
+            Tensor::<Cpu, 1>::random([n], Distribution::Normal(0.0, 1.0), &device)
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        let x = normal(b * s * width);
+        let ws: Vec<Vec<f32>> = (0..3).map(|_| normal(width * width)).collect();
+        let bs: Vec<Vec<f32>> = (0..3).map(|_| normal(width)).collect();
+        let updates: Vec<Vec<f32>> = (0..2).map(|_| normal(b * s * width)).collect();
+        let bias = normal(b * h * s * s);
+        let weights = normal(b * h * s * d);
+        let scales = [0.5, 2.0];
+        let dropout = Dropout::new(0.1);
+        crate::runtime::model::dropout::tests::FIXED_DRAWS.set(Some(9));
+        let data = |v: &[f32], shape: Vec<usize>| TensorData::new(v.to_vec(), shape);
+        let half_if = |t: Tensor<Train, 2>| if half { to_half(t) } else { t };
+        let run = |fused: bool| {
+            let x =
+                Tensor::<Train, 3>::from_data(data(&x, vec![b, s, width]), &device).require_grad();
+            // Frozen, the base kept in the products' dtype as LoRA keeps it.
+            let w: Vec<Tensor<Train, 2>> = ws
+                .iter()
+                .map(|w| half_if(Tensor::from_data(data(w, vec![width, width]), &device)))
+                .collect();
+            let bb: Vec<Tensor<Train, 1>> = bs
+                .iter()
+                .map(|v| Tensor::from_data(data(v, vec![width]), &device))
+                .collect();
+            let u: Vec<Tensor<Train, 2>> = updates
+                .iter()
+                .map(|v| {
+                    Tensor::<Train, 2>::from_data(data(v, vec![b * s, width]), &device)
+                        .require_grad()
+                })
+                .collect();
+            let att_bias = Tensor::<Train, 4>::from_data(data(&bias, vec![b, h, s, s]), &device)
+                .require_grad();
+            let used = [Some(0), None, Some(1)];
+            let mut y = if fused {
+                let projections = Projections {
+                    weights: [w[0].clone(), w[1].clone(), w[2].clone()],
+                    biases: [bb[0].clone(), bb[1].clone(), bb[2].clone()],
+                    deltas: used.map(|i| i.map(|i| (half_if(u[i].clone()), scales[i]))),
+                };
+                own_projected::<Cpu>(
+                    x.clone(),
+                    projections,
+                    h,
+                    att_bias.clone(),
+                    &dropout,
+                    half,
+                    HalfBackward::F32,
+                )
+            } else {
+                let xin = if half { to_half(x.clone()) } else { x.clone() };
+                let heads = |part: usize| {
+                    let mut out = xin.clone().reshape([b * s, width]).matmul(w[part].clone());
+                    if half {
+                        out = to_full(out);
+                    }
+                    out = out + bb[part].clone().unsqueeze();
+                    if let Some(i) = used[part] {
+                        let update = half_if(u[i].clone());
+                        let update = if half { to_full(update) } else { update };
+                        out = out + update.mul_scalar(scales[i]);
+                    }
+                    let out = out.reshape([b, s, h, d]).swap_dims(1, 2);
+                    if half { to_half(out) } else { out }
+                };
+                let (q, k, v) = (heads(0), heads(1), heads(2));
+                own_backward::<Cpu>(q, k, v, att_bias.clone(), &dropout, half, HalfBackward::F32)
+            };
+            if half {
+                y = to_full(y);
+            }
+            let target = TensorData::new(weights.clone(), [b, h, s, d]);
+            let loss = (y.clone()
+                * Tensor::from_inner(Tensor::<Cpu, 4>::from_data(target, &device)))
+            .sum();
+            let grads = loss.backward();
+            let flat = |t: Tensor<Cpu, 1>| t.into_data().to_vec::<f32>().unwrap();
+            vec![
+                flat(y.inner().flatten(0, 3)),
+                flat(x.grad(&grads).unwrap().flatten(0, 2)),
+                flat(u[0].grad(&grads).unwrap().flatten(0, 1)),
+                flat(u[1].grad(&grads).unwrap().flatten(0, 1)),
+                flat(att_bias.grad(&grads).unwrap().flatten(0, 3)),
+            ]
+        };
+        [run(true), run(false)]
+    }
+
+    fn check_adapted(half: bool) {
+        let [fused, layers] = adapted_both(half);
+        // The updates' gradients are the same roundings either way; ∂x is
+        // one sum where the layers make three (rounded apart under bf16).
+        let tolerance = if half { 2e-2 } else { 1e-5 };
+        for (name, (a, b)) in ["value", "x", "update of q", "update of v", "bias"]
+            .iter()
+            .zip(fused.iter().zip(&layers))
+        {
+            assert_eq!(a.len(), b.len(), "{name}");
+            let diff: f32 = a.iter().zip(b).map(|(x, y)| (x - y).powi(2)).sum();
+            let norm: f32 = b.iter().map(|y| y * y).sum();
+            assert!(norm > 1e-6, "{name} is not zero");
+            let relative = (diff / norm).sqrt();
+            assert!(relative < tolerance, "{name}: relative error {relative}");
+        }
+    }
+
+    #[test]
+    fn one_product_for_frozen_q_k_v_with_adapters_gives_the_layers_values_and_gradients() {
+        check_adapted(false);
+    }
+
+    #[test]
+    fn one_product_for_frozen_q_k_v_with_adapters_agrees_under_bf16() {
+        check_adapted(true);
     }
 
     #[test]

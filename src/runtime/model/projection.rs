@@ -223,16 +223,25 @@ impl<B: Backend> Adapter<B> {
     /// [`Adapter::forward`] with bf16 products. `half_input` is `input` as
     /// bf16, reused when there is no dropout to apply first.
     fn forward_half(&self, input: Tensor<B, 3>, half_input: Tensor<B, 3>) -> Tensor<B, 3> {
+        to_full(self.product_half(input, Some(half_input))).mul_scalar(self.scale)
+    }
+
+    /// The update before its scale, `dropout(input) · A · B`, in bf16 products
+    /// and bf16 (`[batch, seq, d_out]`). `half_input` is `input` as bf16,
+    /// when the caller has it: read when there is no dropout to apply
+    /// first (made here when absent).
+    pub fn product_half(
+        &self,
+        input: Tensor<B, 3>,
+        half_input: Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
         let x = if self.dropout.prob > 0.0 && B::ad_enabled(&input.device()) {
             self.dropout.forward_to_half(input)
         } else {
-            half_input
+            half_input.unwrap_or_else(|| to_half(input))
         };
-        to_full(
-            x.matmul(as_half(self.a.val()).unsqueeze())
-                .matmul(as_half(self.b.val()).unsqueeze()),
-        )
-        .mul_scalar(self.scale)
+        x.matmul(as_half(self.a.val()).unsqueeze())
+            .matmul(as_half(self.b.val()).unsqueeze())
     }
 
     /// α / r.
@@ -402,6 +411,18 @@ impl<B: Backend> Projection<B> {
                 self.weight = Some(Param::initialized(w.id, half));
             }
         }
+    }
+
+    /// The frozen base weight (kept in bf16) and frozen bias of a dense
+    /// layer, as LoRA leaves them; `None` for any other layer.
+    pub fn frozen_half_parts(&self) -> Option<(Tensor<B, 2>, Tensor<B, 1>)> {
+        if self.packed.is_some() {
+            return None;
+        }
+        let w = self.weight.as_ref()?.val();
+        let b = self.bias.as_ref()?.val();
+        let frozen = !w.is_require_grad() && !b.is_require_grad();
+        (frozen && w.dtype() == DType::BF16).then_some((w, b))
     }
 
     /// The trained matrices that only this layer's bf16 products read: a

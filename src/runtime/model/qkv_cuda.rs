@@ -17,7 +17,7 @@ use std::any::TypeId;
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{DType, Shape, TensorMetadata};
-use cubecl::prelude::{CubeCount, CubeDim};
+use cubecl::prelude::{CubeCount, CubeDim, SequenceArg};
 
 use crate::runtime::backend::{Gpu, same_type};
 use crate::runtime::fusion_op::{Cube, Kernels, Prim, Runtime, contiguous, empty, launch_typed};
@@ -141,6 +141,109 @@ mod kernels {
                 k[to] = O::cast_from(x + bk[a.column]);
             } else {
                 v[to] = O::cast_from(x + bv[a.column]);
+            }
+        }
+    }
+
+    /// [`split`] with adapters' updates: each adapted part (`aq`, `ak`,
+    /// `av`) adds its `[rows, width]` update `d` times its scale in f32,
+    /// after the bias, before rounding to `O`. An unadapted part's update
+    /// is never read.
+    #[allow(clippy::too_many_arguments)]
+    #[cube(launch_unchecked)]
+    pub(super) fn split_adapted<F: Float, O: Float>(
+        y: &Array<F>,
+        bq: &Array<f32>,
+        bk: &Array<f32>,
+        bv: &Array<f32>,
+        dq: &Array<F>,
+        dk: &Array<F>,
+        dv: &Array<F>,
+        q: &mut Array<O>,
+        k: &mut Array<O>,
+        v: &mut Array<O>,
+        scales: Sequence<f32>,
+        n: usize,
+        width: usize,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+        #[comptime] adapted: [bool; 3],
+        #[define(F, O)] _dtypes: [StorageType; 2],
+    ) {
+        let i = ABSOLUTE_POS;
+        if i < n {
+            let a = at(i, width);
+            let to = in_heads(a.row, a.column, seq, heads, head_dim);
+            let r = a.row * width + a.column;
+            let x = f32::cast_from(y[i]);
+            if a.part == 0 {
+                let mut sum = x + bq[a.column];
+                if comptime!(adapted[0]) {
+                    sum += f32::cast_from(dq[r]) * scales[0];
+                }
+                q[to] = O::cast_from(sum);
+            } else if a.part == 1 {
+                let mut sum = x + bk[a.column];
+                if comptime!(adapted[1]) {
+                    sum += f32::cast_from(dk[r]) * scales[1];
+                }
+                k[to] = O::cast_from(sum);
+            } else {
+                let mut sum = x + bv[a.column];
+                if comptime!(adapted[2]) {
+                    sum += f32::cast_from(dv[r]) * scales[2];
+                }
+                v[to] = O::cast_from(sum);
+            }
+        }
+    }
+
+    /// [`merge`], and for each adapted part its gradient as `[rows, width]`
+    /// rows times the part's scale (in f32, then rounded to `O`): the
+    /// gradient of its adapter's update.
+    #[allow(clippy::too_many_arguments)]
+    #[cube(launch_unchecked)]
+    pub(super) fn merge_adapted<F: Float, O: Float>(
+        dq: &Array<F>,
+        dk: &Array<F>,
+        dv: &Array<F>,
+        out: &mut Array<O>,
+        gq: &mut Array<O>,
+        gk: &mut Array<O>,
+        gv: &mut Array<O>,
+        scales: Sequence<f32>,
+        n: usize,
+        width: usize,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+        #[comptime] adapted: [bool; 3],
+        #[define(F, O)] _dtypes: [StorageType; 2],
+    ) {
+        let i = ABSOLUTE_POS;
+        if i < n {
+            let a = at(i, width);
+            let from = in_heads(a.row, a.column, seq, heads, head_dim);
+            let r = a.row * width + a.column;
+            if a.part == 0 {
+                let g = dq[from];
+                out[i] = O::cast_from(g);
+                if comptime!(adapted[0]) {
+                    gq[r] = O::cast_from(f32::cast_from(g) * scales[0]);
+                }
+            } else if a.part == 1 {
+                let g = dk[from];
+                out[i] = O::cast_from(g);
+                if comptime!(adapted[1]) {
+                    gk[r] = O::cast_from(f32::cast_from(g) * scales[1]);
+                }
+            } else {
+                let g = dv[from];
+                out[i] = O::cast_from(g);
+                if comptime!(adapted[2]) {
+                    gv[r] = O::cast_from(f32::cast_from(g) * scales[2]);
+                }
             }
         }
     }
@@ -422,4 +525,190 @@ pub(crate) fn merge<I: Backend>(grads: [FloatTensor<I>; 3], out: DType) -> Float
         Merge { out },
     );
     same_type(outputs.remove(0))
+}
+
+/// The three scales as a kernel argument (an unadapted part's is unused).
+fn scales_arg(scales: [Option<f64>; 3]) -> SequenceArg<Runtime, f32> {
+    let mut seq = SequenceArg::new();
+    for s in scales {
+        seq.push(s.unwrap_or(0.0) as f32);
+    }
+    seq
+}
+
+#[derive(Debug)]
+struct SplitAdapted {
+    heads: Heads,
+    out: DType,
+    scales: [Option<f64>; 3],
+}
+
+impl Kernels for SplitAdapted {
+    fn run(&self, inputs: Vec<Cube>) -> Vec<Cube> {
+        let mut inputs = inputs.into_iter();
+        let y = contiguous(inputs.next().expect("the product"));
+        let [bq, bk, bv] = three_cubes(inputs.by_ref().take(3).collect());
+        // An unadapted part reads nothing: a one-value buffer stands in.
+        let unused = empty(&y, Shape::new([1]), y.dtype);
+        let [dq, dk, dv] = self.scales.map(|s| {
+            s.map_or_else(
+                || unused.clone(),
+                |_| contiguous(inputs.next().expect("an update")),
+            )
+        });
+        let shape = y.meta.shape().clone();
+        let (rows, width) = (shape[0], shape[1] / 3);
+        let n = rows * width * 3;
+        let h = self.heads;
+        let heads_shape = Shape::new([rows / h.seq, h.heads, h.seq, h.head_dim]);
+        let part = || empty(&y, heads_shape.clone(), self.out);
+        let (q, k, v) = (part(), part(), part());
+        let dtypes = [y.dtype.into(), self.out.into()];
+        // SAFETY: as in `Split`; each adapted part's update is a contiguous
+        // `[rows, width]`, indexed by `row · width + column` below that.
+        unsafe {
+            kernels::split_adapted::launch_unchecked::<Runtime>(
+                &y.client,
+                cubes(n),
+                CubeDim::new_1d(CUBE),
+                y.clone().into_array_arg(),
+                bq.into_array_arg(),
+                bk.into_array_arg(),
+                bv.into_array_arg(),
+                dq.into_array_arg(),
+                dk.into_array_arg(),
+                dv.into_array_arg(),
+                q.clone().into_array_arg(),
+                k.clone().into_array_arg(),
+                v.clone().into_array_arg(),
+                scales_arg(self.scales),
+                n,
+                width,
+                h.seq,
+                h.heads,
+                h.head_dim,
+                self.scales.map(|s| s.is_some()),
+                dtypes,
+            )
+        };
+        vec![q, k, v]
+    }
+}
+
+/// [`split`] with the adapters' updates `[batch·seq, d]` (in the product's
+/// dtype), each added times its scale. Call only where [`applies`] said so.
+pub(crate) fn split_adapted<I: Backend>(
+    y: FloatTensor<I>,
+    biases: [FloatTensor<I>; 3],
+    deltas: [Option<(FloatTensor<I>, f64)>; 3],
+    batch: usize,
+    heads: usize,
+    out: DType,
+) -> [FloatTensor<I>; 3] {
+    let shape = y.shape();
+    let (rows, width) = (shape[0], shape[1] / 3);
+    let h = Heads {
+        seq: rows / batch,
+        heads,
+        head_dim: width / heads,
+    };
+    let part = (Shape::new([batch, heads, h.seq, h.head_dim]), out);
+    let mut inputs = vec![same_type(y)];
+    inputs.extend(prims::<I, 3>(biases));
+    let mut scales = [None; 3];
+    for (t, delta) in deltas.into_iter().enumerate() {
+        if let Some((d, s)) = delta {
+            inputs.push(same_type(d));
+            scales[t] = Some(s);
+        }
+    }
+    three::<I>(launch_typed(
+        "ftl_qkv_split_adapted",
+        inputs,
+        vec![part.clone(), part.clone(), part],
+        SplitAdapted {
+            heads: h,
+            out,
+            scales,
+        },
+    ))
+}
+
+#[derive(Debug)]
+struct MergeAdapted {
+    out: DType,
+    scales: [Option<f64>; 3],
+}
+
+impl Kernels for MergeAdapted {
+    fn run(&self, inputs: Vec<Cube>) -> Vec<Cube> {
+        let [dq, dk, dv] = three_cubes(inputs);
+        let shape = dq.meta.shape().clone();
+        let (batch, heads, seq, head_dim) = (shape[0], shape[1], shape[2], shape[3]);
+        let (rows, width) = (batch * seq, heads * head_dim);
+        let n = rows * width * 3;
+        let out = empty(&dq, Shape::new([rows, width * 3]), self.out);
+        let unused = empty(&dq, Shape::new([1]), self.out);
+        let grads = self
+            .scales
+            .map(|s| s.map(|_| empty(&dq, Shape::new([rows, width]), self.out)));
+        let bound = |g: &Option<Cube>| g.clone().unwrap_or_else(|| unused.clone());
+        let dtypes = [dq.dtype.into(), self.out.into()];
+        // SAFETY: as in `Merge`; each adapted part's fresh `[rows, width]`
+        // output is indexed by `row · width + column` below that, and an
+        // unadapted part's stand-in is never written.
+        unsafe {
+            kernels::merge_adapted::launch_unchecked::<Runtime>(
+                &dq.client,
+                cubes(n),
+                CubeDim::new_1d(CUBE),
+                dq.clone().into_array_arg(),
+                dk.into_array_arg(),
+                dv.into_array_arg(),
+                out.clone().into_array_arg(),
+                bound(&grads[0]).into_array_arg(),
+                bound(&grads[1]).into_array_arg(),
+                bound(&grads[2]).into_array_arg(),
+                scales_arg(self.scales),
+                n,
+                width,
+                seq,
+                heads,
+                head_dim,
+                self.scales.map(|s| s.is_some()),
+                dtypes,
+            )
+        };
+        let mut outputs = vec![out];
+        outputs.extend(grads.into_iter().flatten());
+        outputs
+    }
+}
+
+/// [`merge`], and the gradient `[batch·seq, d]` (in `out`) of each
+/// adapted part's update: its rows times its scale. Call only where
+/// [`applies`] said so.
+pub(crate) fn merge_adapted<I: Backend>(
+    grads: [FloatTensor<I>; 3],
+    out: DType,
+    scales: [Option<f64>; 3],
+) -> (FloatTensor<I>, [Option<FloatTensor<I>>; 3]) {
+    let shape = grads[0].shape();
+    let (rows, width) = (shape[0] * shape[2], shape[1] * shape[3]);
+    let mut outputs = vec![(Shape::new([rows, width * 3]), out)];
+    for s in scales.iter().flatten() {
+        let _ = s;
+        outputs.push((Shape::new([rows, width]), out));
+    }
+    let mut results = launch_typed(
+        "ftl_qkv_merge_adapted",
+        prims::<I, 3>(grads),
+        outputs,
+        MergeAdapted { out, scales },
+    )
+    .into_iter();
+    let wide = same_type(results.next().expect("the product's gradient"));
+    let deltas =
+        scales.map(|s| s.map(|_| same_type(results.next().expect("an update's gradient"))));
+    (wide, deltas)
 }
