@@ -259,7 +259,13 @@ impl<B: Backend> AdamW<B> {
         // A bf16 view's gradient is bf16: the flat layout is f32.
         let grads = grads
             .into_iter()
-            .map(|g| g.cast(burn::tensor::FloatDType::F32))
+            .map(|g| {
+                if g.dtype() == burn::tensor::DType::F32 {
+                    g
+                } else {
+                    g.cast(burn::tensor::FloatDType::F32)
+                }
+            })
             .collect();
 
         let (g, norm) = self.gather(grads, &device);
