@@ -78,19 +78,8 @@ pub(crate) fn split<I: Backend>(
     if super::qkv_cuda::applies::<I>() {
         return super::qkv_cuda::split::<I>(y, biases, batch, heads, dtype.into());
     }
-    let shape = y.shape();
-    let (rows, d) = (shape[0], shape[1] / 3);
-    let seq = rows / batch;
-    let y = cast::<I>(y, FloatDType::F32);
-    let mut part = 0;
-    biases.map(|bias| {
-        let slices = [Slice::from(0..rows), Slice::from(part * d..(part + 1) * d)];
-        part += 1;
-        let columns = I::float_slice(y.clone(), &slices);
-        let biased = I::float_add(columns, I::float_reshape(bias, Shape::new([1, d])));
-        let split = I::float_reshape(biased, Shape::new([batch, seq, heads, d / heads]));
-        cast::<I>(I::float_swap_dims(split, 1, 2), dtype)
-    })
+    // The same composition, with no update.
+    split_adapted::<I>(y, biases, [None, None, None], batch, heads, dtype)
 }
 
 /// The product's gradient `[batch·seq, 3d]` in `dtype` from those of q, k
