@@ -89,13 +89,15 @@ pub(crate) fn merge<I: Backend>(grads: [FloatTensor<I>; 3], dtype: FloatDType) -
     if super::qkv_cuda::applies::<I>() {
         return super::qkv_cuda::merge::<I>(grads, dtype.into());
     }
-    let shape = grads[0].shape();
+    cast::<I>(I::float_cat(grads.map(rows::<I>).to_vec(), 1), dtype)
+}
+
+/// A part `[batch, heads, seq, d / heads]` as token rows `[batch·seq, d]`.
+fn rows<I: Backend>(part: FloatTensor<I>) -> FloatTensor<I> {
+    let shape = part.shape();
     let (batch, heads, seq, head_dim) = (shape[0], shape[1], shape[2], shape[3]);
-    let rows = grads.map(|g| {
-        let tokens = I::float_swap_dims(g, 1, 2);
-        I::float_reshape(tokens, Shape::new([batch * seq, heads * head_dim]))
-    });
-    cast::<I>(I::float_cat(rows.to_vec(), 1), dtype)
+    let tokens = I::float_swap_dims(part, 1, 2);
+    I::float_reshape(tokens, Shape::new([batch * seq, heads * head_dim]))
 }
 
 /// [`split`] with adapters' updates: each present `(update, scale)` (the
@@ -145,15 +147,11 @@ pub(crate) fn merge_adapted<I: Backend>(
     if super::qkv_cuda::applies::<I>() {
         return super::qkv_cuda::merge_adapted::<I>(grads, dtype.into(), scales);
     }
-    let shape = grads[0].shape();
-    let (batch, heads, seq, head_dim) = (shape[0], shape[1], shape[2], shape[3]);
     let mut parts = grads.clone().into_iter();
     let deltas = scales.map(|scale| {
         let g = parts.next().expect("three gradients");
         scale.map(|scale| {
-            let tokens = I::float_swap_dims(g, 1, 2);
-            let rows = I::float_reshape(tokens, Shape::new([batch * seq, heads * head_dim]));
-            let rows = cast::<I>(rows, FloatDType::F32);
+            let rows = cast::<I>(rows::<I>(g), FloatDType::F32);
             cast::<I>(I::float_mul_scalar(rows, Scalar::Float(scale)), dtype)
         })
     });
