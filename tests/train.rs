@@ -1021,3 +1021,133 @@ fn batches_pad_to_buckets_or_to_max_tokens() {
     assert_eq!(real(mask), 8);
     assert_eq!(real(mask64), 8);
 }
+
+/// Rows of four lengths for the filling tests (ids under the tiny vocab).
+fn short_rows() -> Vec<Vec<i64>> {
+    vec![
+        vec![2, 5, 6, 7, 3],
+        vec![2, 9, 3],
+        vec![2, 11, 12, 13, 14, 15, 3],
+        vec![2, 8, 3],
+    ]
+}
+
+/// The loss and every parameter's gradient of one batch of `rows` (the
+/// first `real` of them real), with dropout off.
+fn loss_and_gradients(
+    model: &Classifier<Train>,
+    rows: &[&[i64]],
+    labels: &[i64],
+    real: usize,
+) -> (f32, BTreeMap<String, Vec<f32>>) {
+    use ftl::runtime::train::run::{batch_loss, batch_tensors};
+    let device = cpu_device();
+    let (ids, mask, _) = batch_tensors::<Train>(rows, 0, 16, true, &device);
+    let targets =
+        Tensor::<Train, 1, Int>::from_data(TensorData::new(labels.to_vec(), [rows.len()]), &device);
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let loss = batch_loss(&loss_fn, model.forward(ids, mask), targets, real, real);
+    let value = loss.clone().into_scalar();
+    let grads = GradientsParams::from_grads(loss.backward(), model);
+    let mut out = BTreeMap::new();
+    for p in named_params(model) {
+        let g = match p.shape.len() {
+            1 => grads.get::<Cpu, 1>(p.id).map(|g| g.into_data()),
+            2 => grads.get::<Cpu, 2>(p.id).map(|g| g.into_data()),
+            3 => grads.get::<Cpu, 3>(p.id).map(|g| g.into_data()),
+            _ => grads.get::<Cpu, 4>(p.id).map(|g| g.into_data()),
+        };
+        if let Some(g) = g {
+            out.insert(p.path, g.to_vec().unwrap());
+        }
+    }
+    (value, out)
+}
+
+/// On CUDA an epoch's short last batch is filled to the batch size by
+/// repeating its last row, so that no step has a shape of its own to
+/// compile for. The filled batch must train exactly as the short one:
+/// the same loss, and the same gradient for every parameter.
+#[test]
+fn a_short_batch_filled_to_the_batch_size_trains_as_itself() {
+    use ftl::runtime::train::run::filled;
+    let rows = short_rows();
+    let short: Vec<&[i64]> = rows[..3].iter().map(Vec::as_slice).collect();
+    let full = filled(&short, 8);
+    assert_eq!(full.len(), 8);
+    assert!(full[3..].iter().all(|r| *r == short[2]));
+    let labels = [1i64, 0, 1];
+    let mut filled_labels = labels.to_vec();
+    filled_labels.resize(8, 1);
+
+    let device = cpu_device();
+    let mut encoder = common::config(common::TINY_BERT).init::<Train>(&device);
+    encoder.set_dropout(0.0);
+    let head = ClassificationHeadConfig::new(16, 2, Pooling::Mean, 1)
+        .with_dropout(0.0)
+        .init(&device);
+    let model = Classifier { encoder, head };
+
+    let (loss, grads) = loss_and_gradients(&model, &short, &labels, 3);
+    let (filled_loss, filled_grads) = loss_and_gradients(&model, &full, &filled_labels, 3);
+    assert!(
+        (loss - filled_loss).abs() < 1e-6,
+        "{loss} against {filled_loss}"
+    );
+    assert!(grads.len() > 10, "{:?}", grads.keys());
+    assert_eq!(
+        grads.keys().collect::<Vec<_>>(),
+        filled_grads.keys().collect::<Vec<_>>()
+    );
+    for (name, g) in &grads {
+        let f = &filled_grads[name];
+        let worst = g
+            .iter()
+            .zip(f)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let scale = g.iter().map(|a| a.abs()).fold(0f32, f32::max).max(1e-6);
+        assert!(
+            worst <= 1e-5 * scale.max(1.0),
+            "{name}: {worst} (largest {scale})"
+        );
+    }
+    // Counting the repeated rows would change both.
+    let (counted, counted_grads) = loss_and_gradients(&model, &full, &filled_labels, 8);
+    assert!((loss - counted).abs() > 1e-4, "{loss} against {counted}");
+    assert!(grads.iter().any(|(name, g)| {
+        g.iter()
+            .zip(&counted_grads[name])
+            .any(|(a, b)| (a - b).abs() > 1e-4)
+    }));
+}
+
+/// Predictions in batches filled to one shape are those of the unfilled
+/// batches, for every row, and none of the filler rows comes back.
+#[test]
+fn filled_prediction_batches_return_each_row_once_unchanged() {
+    use ftl::runtime::train::run::predict;
+    let device = cpu_device();
+    let config = common::config(common::TINY_BERT);
+    let encoder = config.init::<Cpu>(&device);
+    let head = ClassificationHeadConfig::new(16, 2, Pooling::Mean, 1).init(&device);
+    let model = Classifier { encoder, head };
+    let mut rows = short_rows();
+    rows.extend(short_rows().into_iter().map(|mut r| {
+        r[1] += 20;
+        r
+    }));
+    rows.pop();
+    // Seven rows in batches of three: the last holds one real row.
+    let (fixed, fixed_probs) = predict(&model, &rows, 3, 0, 16, true, &device);
+    let (plain, plain_probs) = predict(&model, &rows, 64, 0, 16, false, &device);
+    assert_eq!(fixed.len(), 7);
+    assert_eq!(fixed, plain);
+    for (a, b) in fixed_probs.iter().zip(&plain_probs) {
+        assert_eq!(a.len(), 2);
+        assert!(
+            a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5),
+            "{a:?} {b:?}"
+        );
+    }
+}

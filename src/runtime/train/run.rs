@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use burn::backend::Autodiff;
 use burn::module::AutodiffModule;
-use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
@@ -152,22 +152,24 @@ pub fn execute(
 /// How a device wants work shaped.
 #[derive(Clone, Copy, Debug)]
 struct Shaping {
-    /// Pad every batch to `dataset.max_tokens`. CUDA compiles and autotunes
-    /// kernels per tensor shape, so one sequence length means paying that
-    /// cost once; on the CPU padding is only wasted work.
-    fixed_length: bool,
+    /// Give every batch one shape: pad its rows to `dataset.max_tokens` and
+    /// fill a short batch (an epoch's last, a split's last) to the batch
+    /// size ([`filled`]). CUDA compiles and autotunes kernels per tensor
+    /// shape, so one shape means paying that cost once; on the CPU padding
+    /// is only wasted work.
+    fixed_shape: bool,
     /// bf16 products are available (`train.precision = bf16`).
     half: bool,
 }
 
 impl Shaping {
     const CPU: Shaping = Shaping {
-        fixed_length: false,
+        fixed_shape: false,
         half: false,
     };
     #[cfg(feature = "cuda")]
     const CUDA: Shaping = Shaping {
-        fixed_length: true,
+        fixed_shape: true,
         half: true,
     };
 }
@@ -257,16 +259,16 @@ pub fn tokenize_all(tokenizer: &TextTokenizer, texts: &[&str]) -> RuntimeResult<
 }
 
 /// Ids and mask `[batch, seq]` of `rows`, padded to a multiple of 16 (or,
-/// with `fixed_length`, to `max_tokens`); and the number of real tokens.
+/// with `fixed_shape`, to `max_tokens`); and the number of real tokens.
 pub fn batch_tensors<B: Backend>(
     rows: &[&[i64]],
     pad: i64,
     max_tokens: usize,
-    fixed_length: bool,
+    fixed_shape: bool,
     device: &B::Device,
 ) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, usize) {
     let longest = rows.iter().map(|r| r.len()).max().unwrap_or(1);
-    let seq = if fixed_length {
+    let seq = if fixed_shape {
         max_tokens.max(longest)
     } else {
         batch::padded_length(longest, max_tokens.max(longest))
@@ -289,6 +291,47 @@ pub fn batch_tensors<B: Backend>(
     )
 }
 
+/// `rows` filled to `size` rows by repeating the last one, so that a short
+/// batch has the shape of every other. On CUDA a batch of a new shape
+/// compiles its kernels in the middle of training: an SST-2 epoch's last
+/// batch (21 sentences) stalled a MiniLM epoch for 16 to 36 seconds. The
+/// repeated rows' losses are masked out ([`batch_loss`]) and their
+/// predictions dropped.
+pub fn filled<'a>(rows: &[&'a [i64]], size: usize) -> Vec<&'a [i64]> {
+    let mut out = rows.to_vec();
+    if let Some(&last) = rows.last() {
+        out.resize(size.max(rows.len()), last);
+    }
+    out
+}
+
+/// One batch's share of a step's loss: the mean cross-entropy of its `real`
+/// first rows, weighted by their share of the step's `examples`. Rows after
+/// `real` (filled by [`filled`]) count for nothing, so their gradients are
+/// zero.
+pub fn batch_loss<B: Backend>(
+    loss_fn: &CrossEntropyLoss<B>,
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    real: usize,
+    examples: usize,
+) -> Tensor<B, 1> {
+    let [rows, _] = logits.dims();
+    if real >= rows {
+        return loss_fn
+            .forward(logits, targets)
+            .mul_scalar(rows as f64 / examples as f64);
+    }
+    let weights: Vec<f32> = (0..rows)
+        .map(|i| if i < real { 1.0 } else { 0.0 })
+        .collect();
+    let weights = Tensor::<B, 1>::from_data(TensorData::new(weights, [rows]), &logits.device());
+    let picked = burn::tensor::activation::log_softmax(logits, 1)
+        .gather(1, targets.reshape([rows, 1]))
+        .reshape([rows]);
+    (picked * weights).sum().neg().div_scalar(examples as f64)
+}
+
 /// Predicted label ids and class probabilities for tokenized rows, batched
 /// by length (results are in the input order).
 pub fn predict<B: Backend>(
@@ -297,7 +340,7 @@ pub fn predict<B: Backend>(
     batch_size: usize,
     pad: i64,
     max_tokens: usize,
-    fixed_length: bool,
+    fixed_shape: bool,
     device: &B::Device,
 ) -> (Vec<u32>, Vec<Vec<f32>>) {
     let mut order: Vec<usize> = (0..tokens.len()).collect();
@@ -305,8 +348,11 @@ pub fn predict<B: Backend>(
     let mut predicted = vec![0u32; tokens.len()];
     let mut probabilities = vec![Vec::new(); tokens.len()];
     for chunk in order.chunks(batch_size.max(1)) {
-        let rows: Vec<&[i64]> = chunk.iter().map(|&i| tokens[i].as_slice()).collect();
-        let (ids, mask, _) = batch_tensors::<B>(&rows, pad, max_tokens, fixed_length, device);
+        let mut rows: Vec<&[i64]> = chunk.iter().map(|&i| tokens[i].as_slice()).collect();
+        if fixed_shape {
+            rows = filled(&rows, batch_size);
+        }
+        let (ids, mask, _) = batch_tensors::<B>(&rows, pad, max_tokens, fixed_shape, device);
         let logits = model.forward(ids, mask);
         let [n, classes] = logits.dims();
         let probs: Vec<f32> = burn::tensor::activation::softmax(logits, 1)
@@ -323,7 +369,7 @@ pub fn predict<B: Backend>(
             predicted[i] = best.0 as u32;
             probabilities[i] = p;
         }
-        debug_assert_eq!(n, chunk.len());
+        debug_assert_eq!(n, rows.len());
     }
     (predicted, probabilities)
 }
@@ -340,7 +386,7 @@ pub fn evaluate<B: Backend>(
     batch_size: usize,
     pad: i64,
     max_tokens: usize,
-    fixed_length: bool,
+    fixed_shape: bool,
     device: &B::Device,
 ) -> (Evaluation, Vec<u32>) {
     let (predicted, _) = predict(
@@ -349,7 +395,7 @@ pub fn evaluate<B: Backend>(
         batch_size,
         pad,
         max_tokens,
-        fixed_length,
+        fixed_shape,
         device,
     );
     let confusion = Confusion::new(labels, &predicted, classes);
@@ -601,7 +647,7 @@ fn execute_on<AB: AutodiffBackend>(
                 bs * 2,
                 pad,
                 max_tokens,
-                shaping.fixed_length,
+                shaping.fixed_shape,
                 &device,
             );
             observer.event(Event::Evaluated(&e));
@@ -633,22 +679,25 @@ fn execute_on<AB: AutodiffBackend>(
                 AB::seed(&device, seed);
                 // ftl's own dropout draws on CUDA (model::dropout).
                 Draws::seed(seed);
-                let rows: Vec<&[i64]> = idx.iter().map(|&i| train_tokens[i].as_slice()).collect();
-                let (ids, mask, n) =
-                    batch_tensors::<AB>(&rows, pad, max_tokens, shaping.fixed_length, &device);
-                tokens += n;
-                let targets = Tensor::<AB, 1, Int>::from_data(
-                    TensorData::new(labels_of(idx), [idx.len()]),
-                    &device,
-                );
+                let mut rows: Vec<&[i64]> =
+                    idx.iter().map(|&i| train_tokens[i].as_slice()).collect();
+                let mut labels = labels_of(idx);
+                tokens += rows.iter().map(|r| r.len()).sum::<usize>();
+                if shaping.fixed_shape {
+                    rows = filled(&rows, bs);
+                    let last = labels.last().copied().unwrap_or(0);
+                    labels.resize(rows.len(), last);
+                }
+                let (ids, mask, _) =
+                    batch_tensors::<AB>(&rows, pad, max_tokens, shaping.fixed_shape, &device);
+                let targets =
+                    Tensor::<AB, 1, Int>::from_data(TensorData::new(labels, [rows.len()]), &device);
                 let logits = model.forward(ids, mask);
                 // Activations are all alive here: the peak is near.
                 if let Some(bytes) = memory() {
                     peak = Some(peak.unwrap_or(0).max(bytes));
                 }
-                let loss = loss_fn
-                    .forward(logits, targets)
-                    .mul_scalar(idx.len() as f64 / examples as f64);
+                let loss = batch_loss(&loss_fn, logits, targets, idx.len(), examples);
                 let detached = loss.clone().inner();
                 loss_sum = Some(match loss_sum {
                     Some(s) => s + detached,
