@@ -40,7 +40,6 @@
 // Without CUDA only the CPU half is built: its flags and the GPU columns go unused.
 #![cfg_attr(not(feature = "cuda"), allow(unused_mut, dead_code))]
 
-
 use std::path::Path;
 
 use burn::backend::Autodiff;
