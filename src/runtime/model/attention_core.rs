@@ -910,6 +910,28 @@ mod tests {
         });
     }
 
+    /// The uneven loss `sum(y · weights)` (y taken to f32 first) run
+    /// backward: y's values and the gradients.
+    fn uneven_loss(
+        y: Tensor<Train, 4>,
+        half: bool,
+        weights: &[f32],
+    ) -> (
+        Vec<f32>,
+        <Train as burn::tensor::backend::AutodiffBackend>::Gradients,
+    ) {
+        let y = if half { to_full(y) } else { y };
+        let target = TensorData::new(weights.to_vec(), y.dims());
+        let loss = (y.clone()
+            * Tensor::from_inner(Tensor::<Cpu, 4>::from_data(target, &cpu_device())))
+        .sum();
+        (flat(y.inner().flatten(0, 3)), loss.backward())
+    }
+
+    fn flat(t: Tensor<Cpu, 1>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().unwrap()
+    }
+
     /// Values, and the gradients of x, the three weights, the three biases
     /// and the attention's bias, for [`own_projected`] and for three
     /// projections (as `projection::trained_rows` computes them) split into
@@ -944,7 +966,7 @@ mod tests {
             let w: Vec<Tensor<Train, 2>> = ws.iter().map(|w| leaf(w, [width, width])).collect();
             let bb: Vec<Tensor<Train, 1>> = bs.iter().map(|v| leaf(v, [width])).collect();
             let att_bias = leaf(&bias, [b, h, s, s]);
-            let mut y = if fused {
+            let y = if fused {
                 let projections = Projections {
                     weights: [w[0].clone(), w[1].clone(), w[2].clone()],
                     biases: [bb[0].clone(), bb[1].clone(), bb[2].clone()],
@@ -979,16 +1001,8 @@ mod tests {
                 let (q, k, v) = (heads(0), heads(1), heads(2));
                 own_backward::<Cpu>(q, k, v, att_bias.clone(), &dropout, half, HalfBackward::F32)
             };
-            if half {
-                y = to_full(y);
-            }
-            let target = TensorData::new(weights.clone(), [b, h, s, d]);
-            let loss = (y.clone()
-                * Tensor::from_inner(Tensor::<Cpu, 4>::from_data(target, &device)))
-            .sum();
-            let grads = loss.backward();
-            let flat = |t: Tensor<Cpu, 1>| t.into_data().to_vec::<f32>().unwrap();
-            let mut out = vec![flat(y.inner().flatten(0, 3))];
+            let (values, grads) = uneven_loss(y, half, &weights);
+            let mut out = vec![values];
             out.push(flat(x.grad(&grads).unwrap().flatten(0, 2)));
             for w in &w {
                 out.push(flat(w.grad(&grads).unwrap().flatten(0, 1)));
@@ -1087,7 +1101,7 @@ mod tests {
             let att_bias = Tensor::<Train, 4>::from_data(data(&bias, vec![b, h, s, s]), &device)
                 .require_grad();
             let used = [Some(0), None, Some(1)];
-            let mut y = if fused {
+            let y = if fused {
                 let projections = Projections {
                     weights: [w[0].clone(), w[1].clone(), w[2].clone()],
                     biases: [bb[0].clone(), bb[1].clone(), bb[2].clone()],
@@ -1121,17 +1135,9 @@ mod tests {
                 let (q, k, v) = (heads(0), heads(1), heads(2));
                 own_backward::<Cpu>(q, k, v, att_bias.clone(), &dropout, half, HalfBackward::F32)
             };
-            if half {
-                y = to_full(y);
-            }
-            let target = TensorData::new(weights.clone(), [b, h, s, d]);
-            let loss = (y.clone()
-                * Tensor::from_inner(Tensor::<Cpu, 4>::from_data(target, &device)))
-            .sum();
-            let grads = loss.backward();
-            let flat = |t: Tensor<Cpu, 1>| t.into_data().to_vec::<f32>().unwrap();
+            let (values, grads) = uneven_loss(y, half, &weights);
             vec![
-                flat(y.inner().flatten(0, 3)),
+                values,
                 flat(x.grad(&grads).unwrap().flatten(0, 2)),
                 flat(u[0].grad(&grads).unwrap().flatten(0, 1)),
                 flat(u[1].grad(&grads).unwrap().flatten(0, 1)),
