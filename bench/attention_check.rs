@@ -267,9 +267,11 @@ fn projected_run<I: Backend>(
     fused: bool,
     half: bool,
     adapted: bool,
+    shape: QkvCase,
     device: &I::Device,
 ) -> Outcome {
-    let width = H * D;
+    let QkvCase { dim, trained_bias } = shape;
+    let width = H * dim;
     let leaf = |seed: u64, shape: Vec<usize>, scale: f32| {
         let n: usize = shape.iter().product();
         let v: Vec<f32> = values(n, seed).into_iter().map(|x| x * scale).collect();
@@ -306,10 +308,27 @@ fn projected_run<I: Backend>(
         .collect();
     let update_of = [Some(0), None, Some(1)];
     let update_scale = 2.0;
-    let bias: Tensor<Train<I>, 4> = leaf(18, vec![B, H, S, S], 1.0)
-        .reshape([B, H, S, S])
-        .require_grad();
-    let target: Tensor<Train<I>, 4> = leaf(19, vec![B, H, S, D], 1.0).reshape([B, H, S, D]);
+    // MPNet's trained per-head bias, or BERT's padding bias: the last
+    // `b % 16` keys of sequence `b` masked, broadcast over heads and
+    // queries, no gradient.
+    let bias: Tensor<Train<I>, 4> = if trained_bias {
+        leaf(18, vec![B, H, S, S], 1.0)
+            .reshape([B, H, S, S])
+            .require_grad()
+    } else {
+        let padding: Vec<f32> = (0..B * S)
+            .map(|i| {
+                if i % S >= S - (i / S) % 16 {
+                    -10_000.0
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        Tensor::<Train<I>, 1>::from_data(TensorData::new(padding, [B * S]), device)
+            .reshape([B, 1, 1, S])
+    };
+    let target: Tensor<Train<I>, 4> = leaf(19, vec![B, H, S, dim], 1.0).reshape([B, H, S, dim]);
     let dropout = Dropout::new(0.1);
     let half_of = |t: Tensor<Train<I>, 2>| if half { t.cast(FloatDType::BF16) } else { t };
     let pass = || {
@@ -351,7 +370,7 @@ fn projected_run<I: Backend>(
                     let update = half_of(updates[u].clone()).cast(FloatDType::F32);
                     out = out + update.mul_scalar(update_scale);
                 }
-                let out = out.reshape([B, S, H, D]).swap_dims(1, 2);
+                let out = out.reshape([B, S, H, dim]).swap_dims(1, 2);
                 if half {
                     out.cast(FloatDType::BF16)
                 } else {
@@ -393,7 +412,9 @@ fn projected_run<I: Backend>(
         all.extend(w.iter().map(|w| flat(w.grad(&grads).expect("∂W"))));
         all.extend(b.iter().map(|b| flat(b.grad(&grads).expect("∂b"))));
     }
-    all.push(flat(bias.grad(&grads).expect("∂bias")));
+    if trained_bias {
+        all.push(flat(bias.grad(&grads).expect("∂bias")));
+    }
     Outcome {
         out: flat(y.inner()),
         grads: all,
@@ -402,15 +423,48 @@ fn projected_run<I: Backend>(
     }
 }
 
+/// The head size and the attention bias of a q/k/v case.
+#[derive(Clone, Copy)]
+struct QkvCase {
+    /// 32 as MiniLM's heads, 64 as MPNet's.
+    dim: usize,
+    /// MPNet's trained per-head bias, else BERT's padding bias.
+    trained_bias: bool,
+}
+
 /// The projections with the attention as one operation against three
-/// projections, in f32 and bf16; false when one fails.
-fn check_projected<I: Backend>(name: &str, device: &I::Device) -> bool {
+/// projections, in f32 and bf16 (only bf16 with `bf16_only`); false when
+/// one fails. Under bf16 without adapters on CUDA, the operation runs ftl's
+/// attention kernels (`attend_cuda`): checked at both head sizes and with
+/// both biases.
+fn check_projected<I: Backend>(name: &str, device: &I::Device, bf16_only: bool) -> bool {
     let mut ok = true;
+    let minilm = QkvCase {
+        dim: 32,
+        trained_bias: true,
+    };
+    let mpnet = QkvCase {
+        dim: 64,
+        trained_bias: true,
+    };
+    let padded = QkvCase {
+        dim: 64,
+        trained_bias: false,
+    };
     // bf16 first: training's cases, whose product shapes the shipped tuning
     // table holds; the f32 products are tuned on first use.
-    for (half, adapted) in [(true, false), (true, true), (false, false), (false, true)] {
-        let fused = projected_run::<I>(true, half, adapted, device);
-        let three = projected_run::<I>(false, half, adapted, device);
+    let mut cases = vec![
+        (true, false, minilm),
+        (true, false, mpnet),
+        (true, false, padded),
+        (true, true, minilm),
+    ];
+    if !bf16_only {
+        cases.extend([(false, false, minilm), (false, true, minilm)]);
+    }
+    for (half, adapted, shape) in cases {
+        let fused = projected_run::<I>(true, half, adapted, shape, device);
+        let three = projected_run::<I>(false, half, adapted, shape, device);
         let out_diff = relative_difference(&fused.out, &three.out);
         let grad_errors: Vec<f32> = fused
             .grads
@@ -441,18 +495,25 @@ fn check_projected<I: Backend>(name: &str, device: &I::Device) -> bool {
             finite && out_diff <= out_tolerance && grad_errors.iter().all(|e| *e <= tolerance);
         ok &= pass;
         println!(
-            "{name} {} q/k/v as one product{}: output {out_diff:.1e}, gradients {} {}, {:.2} ms \
-             against {:.2} ms per pass: {}",
+            "{name} {} q/k/v as one product, heads of {}, {} bias{}: output {out_diff:.1e}, \
+             gradients {} {}, {:.2} ms against {:.2} ms per pass: {}",
             if half { "bf16" } else { "f32 " },
+            shape.dim,
+            if shape.trained_bias {
+                "trained"
+            } else {
+                "padding"
+            },
             if adapted {
                 ", frozen, adapters on q and v"
             } else {
                 ""
             },
-            if adapted {
-                "(x, Δq, Δv, bias)"
-            } else {
-                "(x, W_q, W_k, W_v, b_q, b_k, b_v, bias)"
+            match (adapted, shape.trained_bias) {
+                (true, true) => "(x, Δq, Δv, bias)",
+                (true, false) => "(x, Δq, Δv)",
+                (false, true) => "(x, W_q, W_k, W_v, b_q, b_k, b_v, bias)",
+                (false, false) => "(x, W_q, W_k, W_v, b_q, b_k, b_v)",
             },
             grad_errors
                 .iter()
@@ -504,7 +565,11 @@ fn main() {
             configure_cubecl(0);
             let device = burn::backend::cuda::CudaDevice::new(0);
             let memory = || cuda_memory_in_use(&burn::backend::cuda::CudaDevice::new(0));
-            let projected = check_projected::<Gpu>("cuda", &device);
+            let bf16_only = std::env::args().any(|a| a == "bf16");
+            let projected = check_projected::<Gpu>("cuda", &device, bf16_only);
+            if bf16_only {
+                std::process::exit(if projected { 0 } else { 1 });
+            }
             let fused = check::<Gpu>("cuda", &device, &memory);
             type Unfused = burn_cubecl::CubeBackend<cubecl::cuda::CudaRuntime, f32, i32, u8>;
             let unfused = check::<Unfused>("cuda-unfused", &device, &memory);
@@ -513,7 +578,7 @@ fn main() {
     }
     println!("no CUDA driver: the check runs on the CPU");
     let device = ftl::runtime::backend::cpu_device();
-    let projected = check_projected::<ftl::runtime::backend::Cpu>("cpu", &device);
+    let projected = check_projected::<ftl::runtime::backend::Cpu>("cpu", &device, false);
     let ok = check::<ftl::runtime::backend::Cpu>("cpu", &device, &|| None);
     std::process::exit(if projected && ok { 0 } else { 1 });
 }

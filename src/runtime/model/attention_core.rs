@@ -344,22 +344,44 @@ pub fn own_projected<I: Backend>(
     let packed = qkv::pack::<I>(weights.map(|w| w.primitive), dtype);
     let y = I::float_matmul(rows.clone(), packed.clone());
     let biases = biases.map(|b| b.primitive);
-    let [q, k, v] = if scales.iter().any(Option::is_some) {
-        let deltas = deltas.map(|d| d.map(|(t, s)| (t.primitive, s)));
-        qkv::split_adapted::<I>(y, biases, deltas, batch, heads, dtype)
-    } else {
-        qkv::split::<I>(y, biases, batch, heads, dtype)
+    #[cfg(feature = "cuda")]
+    let fused = fused_draw::<I>(&softmax, &scales, &y, &bias.primitive, [seq, heads]);
+    #[cfg(not(feature = "cuda"))]
+    let fused: Option<()> = None;
+    let (core, context) = match fused {
+        #[cfg(feature = "cuda")]
+        Some(draw) => {
+            let inputs = super::attend_cuda::Inputs {
+                y,
+                biases,
+                bias: bias.primitive,
+            };
+            let tokens = super::attend_cuda::forward::<I>(inputs.clone(), seq, heads, draw);
+            let core = Core::Fused(Fused {
+                inputs,
+                seq,
+                heads,
+                draw,
+            });
+            (core, I::float_swap_dims(tokens, 1, 2))
+        }
+        _ => {
+            let deltas = deltas.map(|d| d.map(|(t, s)| (t.primitive, s)));
+            let attention = split_attention::<I>(
+                y,
+                biases,
+                deltas,
+                bias.primitive,
+                softmax,
+                [batch, heads],
+                half,
+                products,
+            );
+            let context =
+                I::float_matmul(dropped_probabilities::<I>(&attention), attention.v.clone());
+            (Core::Attention(attention), context)
+        }
     };
-    let attention = State {
-        q,
-        k,
-        v,
-        bias: bias.primitive,
-        softmax,
-        half,
-        products,
-    };
-    let context = I::float_matmul(dropped_probabilities::<I>(&attention), attention.v.clone());
     let out = match ProjectedBackward
         .prepare::<NoCheckpointing>(nodes)
         .compute_bound()
@@ -367,7 +389,7 @@ pub fn own_projected<I: Backend>(
     {
         OpsKind::Tracked(prep) => prep.finish(
             Projected {
-                attention,
+                core,
                 rows: trained.then_some(rows),
                 packed,
                 x_shape: [batch, seq, d_in],
@@ -379,6 +401,57 @@ pub fn own_projected<I: Backend>(
         OpsKind::UnTracked(prep) => prep.finish(context),
     };
     Tensor::<Autodiff<I>, 4>::from_primitive(TensorPrimitive::Float(out))
+}
+
+/// The head split of the product `y`, with the adapters' updates where
+/// there are some, and the attention's state over the heads.
+#[allow(clippy::too_many_arguments)]
+fn split_attention<I: Backend>(
+    y: FloatTensor<I>,
+    biases: [FloatTensor<I>; 3],
+    deltas: [Option<(FloatTensor<I>, f64)>; 3],
+    bias: FloatTensor<I>,
+    softmax: Softmax<I>,
+    [batch, heads]: [usize; 2],
+    half: bool,
+    products: HalfBackward,
+) -> State<I> {
+    let dtype = qkv::dtype(half);
+    let [q, k, v] = if deltas.iter().any(Option::is_some) {
+        qkv::split_adapted::<I>(y, biases, deltas, batch, heads, dtype)
+    } else {
+        qkv::split::<I>(y, biases, batch, heads, dtype)
+    };
+    State {
+        q,
+        k,
+        v,
+        bias,
+        softmax,
+        half,
+        products,
+    }
+}
+
+/// The dropout's draw when ftl's attention kernels take this attention
+/// (`attend_cuda`): the softmax runs as ftl's kernels, no part is adapted,
+/// and the kernels apply to the product's and the bias's dtypes and to
+/// this sequence and head size.
+#[cfg(feature = "cuda")]
+fn fused_draw<I: Backend>(
+    softmax: &Softmax<I>,
+    scales: &[Option<f64>; 3],
+    y: &FloatTensor<I>,
+    bias: &FloatTensor<I>,
+    [seq, heads]: [usize; 2],
+) -> Option<Option<Seeded>> {
+    let Softmax::Kernels(draw) = softmax else {
+        return None;
+    };
+    let dim = y.shape()[1] / 3 / heads;
+    let applies = scales.iter().all(Option::is_none)
+        && super::attend_cuda::applies::<I>(y.dtype(), bias.dtype(), seq, dim, &I::float_device(y));
+    applies.then_some(*draw)
 }
 
 /// The dropout of the probabilities: where it dropped, and the keep
@@ -655,11 +728,32 @@ fn input_gradients<I: Backend>(
     [d_q, d_k, d_v]
 }
 
+/// How [`own_projected`]'s attention ran, and what its backward pass
+/// keeps of it.
+#[derive(Clone, Debug)]
+enum Core<I: Backend> {
+    /// The head split, then [`State`]'s operations.
+    Attention(State<I>),
+    /// ftl's attention kernels (`attend_cuda`), reading the product.
+    #[cfg(feature = "cuda")]
+    Fused(Fused<I>),
+}
+
+/// What the attention kernels' backward pass reads again.
+#[cfg(feature = "cuda")]
+#[derive(Clone, Debug)]
+struct Fused<I: Backend> {
+    inputs: super::attend_cuda::Inputs<I>,
+    seq: usize,
+    heads: usize,
+    draw: Option<Seeded>,
+}
+
 /// What [`own_projected`]'s backward pass keeps: the attention's, x's
 /// rows in the products' dtype and the packed weight.
 #[derive(Clone, Debug)]
 struct Projected<I: Backend> {
-    attention: State<I>,
+    core: Core<I>,
     /// x's rows in the products' dtype, when a weight trains.
     rows: Option<FloatTensor<I>>,
     packed: FloatTensor<I>,
@@ -694,6 +788,7 @@ impl<I: Backend> Backward<I, 11> for ProjectedBackward {
         let grad = grads.consume::<I>(&ops.node);
         let s = ops.state;
         let bias_id = bias_node.map(|node| node.id);
+        let ids = [&x_node, &wq, &wk, &wv, &bq, &bk, &bv].map(|n| n.as_ref().map(|n| n.id));
         let weights = [wq, wk, wv];
         let biases = [bq, bk, bv];
         // Only a present update's place counts (an absent one names x).
@@ -702,13 +797,34 @@ impl<I: Backend> Backward<I, 11> for ProjectedBackward {
         let any_weight = weights.iter().any(Option::is_some);
         let any_bias = biases.iter().any(Option::is_some);
         let any_update = scales.iter().any(Option::is_some);
+        let attention = match s.core {
+            Core::Attention(attention) => attention,
+            #[cfg(feature = "cuda")]
+            Core::Fused(fused) => {
+                let tokens = I::float_swap_dims(grad, 1, 2);
+                let bias_shape = fused.inputs.bias.shape();
+                let (dy, d_scores) = super::attend_cuda::backward::<I>(
+                    fused.inputs,
+                    tokens,
+                    fused.seq,
+                    fused.heads,
+                    fused.draw,
+                    bias_id.is_some(),
+                );
+                if let (Some(id), Some(d_scores)) = (bias_id, d_scores) {
+                    grads.register::<I>(id, sum_to::<I>(d_scores, &bias_shape));
+                }
+                projection_gradients::<I>(dy, s.rows, s.packed, s.x_shape, s.x_dtype, ids, grads);
+                return;
+            }
+        };
         if x_node.is_none() && !any_weight && !any_bias && !any_update {
-            input_gradients::<I>(s.attention, grad, [false; 3], bias_id, grads);
+            input_gradients::<I>(attention, grad, [false; 3], bias_id, grads);
             return;
         }
-        let dtype = qkv::dtype(s.attention.half);
+        let dtype = qkv::dtype(attention.half);
         let [Some(dq), Some(dk), Some(dv)] =
-            input_gradients::<I>(s.attention, grad, [true; 3], bias_id, grads)
+            input_gradients::<I>(attention, grad, [true; 3], bias_id, grads)
         else {
             unreachable!("all three gradients were asked for")
         };
@@ -723,30 +839,48 @@ impl<I: Backend> Backward<I, 11> for ProjectedBackward {
         } else {
             qkv::merge::<I>([dq, dk, dv], dtype)
         };
-        if any_bias {
-            let width = dy.shape()[1] / 3;
-            let summed = I::float_sum_dim(qkv::cast::<I>(dy.clone(), FloatDType::F32), 0);
-            let summed = I::float_reshape(summed, Shape::new([3 * width]));
-            for (part, node) in biases.iter().enumerate() {
-                if let Some(node) = node {
-                    let slice = [Slice::from(part * width..(part + 1) * width)];
-                    grads.register::<I>(node.id, I::float_slice(summed.clone(), &slice));
-                }
+        projection_gradients::<I>(dy, s.rows, s.packed, s.x_shape, s.x_dtype, ids, grads);
+    }
+}
+
+/// The gradients of x, the three weights and the three biases (those with
+/// a node here) from the product's, `dy` (`[rows, 3·width]`).
+fn projection_gradients<I: Backend>(
+    dy: FloatTensor<I>,
+    rows: Option<FloatTensor<I>>,
+    packed: FloatTensor<I>,
+    x_shape: [usize; 3],
+    x_dtype: FloatDType,
+    [x_node, wq, wk, wv, bq, bk, bv]: [Option<NodeId>; 7],
+    grads: &mut Gradients,
+) {
+    let weights = [wq, wk, wv];
+    let biases = [bq, bk, bv];
+    if biases.iter().any(Option::is_some) {
+        let width = dy.shape()[1] / 3;
+        let summed = I::float_sum_dim(qkv::cast::<I>(dy.clone(), FloatDType::F32), 0);
+        let summed = I::float_reshape(summed, Shape::new([3 * width]));
+        for (part, node) in biases.iter().enumerate() {
+            if let Some(node) = node {
+                let slice = [Slice::from(part * width..(part + 1) * width)];
+                grads.register::<I>(*node, I::float_slice(summed.clone(), &slice));
             }
         }
-        if any_weight && let Some(rows) = s.rows {
-            let dw = I::float_matmul(I::float_swap_dims(rows, 0, 1), dy.clone());
-            for (node, g) in weights.iter().zip(qkv::unpack::<I>(dw)) {
-                if let Some(node) = node {
-                    grads.register::<I>(node.id, g);
-                }
+    }
+    if weights.iter().any(Option::is_some)
+        && let Some(rows) = rows
+    {
+        let dw = I::float_matmul(I::float_swap_dims(rows, 0, 1), dy.clone());
+        for (node, g) in weights.iter().zip(qkv::unpack::<I>(dw)) {
+            if let Some(node) = node {
+                grads.register::<I>(*node, g);
             }
         }
-        if let Some(node) = x_node {
-            let dx = I::float_matmul(dy, I::float_swap_dims(s.packed, 0, 1));
-            let dx = I::float_reshape(qkv::cast::<I>(dx, s.x_dtype), Shape::new(s.x_shape));
-            grads.register::<I>(node.id, dx);
-        }
+    }
+    if let Some(node) = x_node {
+        let dx = I::float_matmul(dy, I::float_swap_dims(packed, 0, 1));
+        let dx = I::float_reshape(qkv::cast::<I>(dx, x_dtype), Shape::new(x_shape));
+        grads.register::<I>(node, dx);
     }
 }
 

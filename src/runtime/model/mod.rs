@@ -21,6 +21,8 @@
 //! | `softmax_cuda.rs` | attention's softmax, with its scale, bias and dropout, as ftl's own CUDA kernels |
 //! | `classifier.rs` | [`Classifier`]: encoder + head, and how a method prepares it for training |
 
+#[cfg(feature = "cuda")]
+mod attend_cuda;
 pub mod attention;
 pub mod attention_core;
 pub mod classifier;
