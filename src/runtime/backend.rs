@@ -252,6 +252,10 @@ pub fn configure_cubecl(ordinal: u32) -> Option<&'static KernelCache> {
             config.autotune.cache = CacheConfig::File(root.clone());
             config.compilation.cache = Some(CacheConfig::File(root.clone()));
             config.memory.persistent_memory = PersistentMemory::Enforced;
+            // One stream for every thread: ftl's cuBLAS products run on it
+            // (`runtime::cublas`), and cubecl does not say which stream a
+            // thread's kernels run on otherwise.
+            config.streaming.max_streams = 1;
             // cubecl's own environment variables (CUBECL_AUTOTUNE_LEVEL,
             // CUBECL_DEBUG_LOG, ...) still apply.
             CubeClRuntimeConfig::set(config.override_from_env());

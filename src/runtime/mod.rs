@@ -6,6 +6,8 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "cuda")]
+mod cublas;
 pub mod error;
 pub mod fetch;
 #[cfg(feature = "cuda")]

@@ -342,7 +342,7 @@ pub fn own_projected<I: Backend>(
         Shape::new([batch * seq, d_in]),
     );
     let packed = qkv::pack::<I>(weights.map(|w| w.primitive), dtype);
-    let y = I::float_matmul(rows.clone(), packed.clone());
+    let y = product::<I>(rows.clone(), packed.clone(), [false, false]);
     let biases = biases.map(|b| b.primitive);
     #[cfg(feature = "cuda")]
     let fused = fused_draw::<I>(&softmax, &scales, &y, &bias.primitive, [seq, heads]);
@@ -843,6 +843,24 @@ impl<I: Backend> Backward<I, 11> for ProjectedBackward {
     }
 }
 
+/// `op(a) · op(b)` of 2-D tensors in their dtype, `op` transposing where
+/// asked: through cuBLAS where it applies (`runtime::cublas`), else
+/// burn's product.
+fn product<I: Backend>(
+    a: FloatTensor<I>,
+    b: FloatTensor<I>,
+    [ta, tb]: [bool; 2],
+) -> FloatTensor<I> {
+    #[cfg(feature = "cuda")]
+    if crate::runtime::cublas::applies::<I>(&a) {
+        let dtype = a.dtype();
+        return crate::runtime::cublas::matmul::<I>(a, b, [ta, tb], dtype);
+    }
+    let a = if ta { I::float_swap_dims(a, 0, 1) } else { a };
+    let b = if tb { I::float_swap_dims(b, 0, 1) } else { b };
+    I::float_matmul(a, b)
+}
+
 /// The gradients of x, the three weights and the three biases (those with
 /// a node here) from the product's, `dy` (`[rows, 3·width]`).
 fn projection_gradients<I: Backend>(
@@ -870,7 +888,7 @@ fn projection_gradients<I: Backend>(
     if weights.iter().any(Option::is_some)
         && let Some(rows) = rows
     {
-        let dw = I::float_matmul(I::float_swap_dims(rows, 0, 1), dy.clone());
+        let dw = product::<I>(rows, dy.clone(), [true, false]);
         for (node, g) in weights.iter().zip(qkv::unpack::<I>(dw)) {
             if let Some(node) = node {
                 grads.register::<I>(*node, g);
@@ -878,7 +896,7 @@ fn projection_gradients<I: Backend>(
         }
     }
     if let Some(node) = x_node {
-        let dx = I::float_matmul(dy, I::float_swap_dims(packed, 0, 1));
+        let dx = product::<I>(dy, packed, [false, true]);
         let dx = I::float_reshape(qkv::cast::<I>(dx, x_dtype), Shape::new(x_shape));
         grads.register::<I>(node, dx);
     }

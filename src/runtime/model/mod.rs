@@ -44,6 +44,8 @@ pub mod loader;
 pub mod lookup;
 #[cfg(feature = "cuda")]
 mod lookup_cuda;
+#[cfg(feature = "cuda")]
+mod product;
 pub mod projection;
 mod qkv;
 #[cfg(feature = "cuda")]

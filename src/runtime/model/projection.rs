@@ -113,6 +113,24 @@ pub fn rows<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
         .reshape([batch, seq, d_out])
 }
 
+/// `x · w` in f32 for bf16 rows `x` and weight `w`: on CUDA through
+/// cuBLAS where it applies (`model::product`), else burn's bf16 product
+/// widened.
+fn half_rows<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    #[cfg(feature = "cuda")]
+    if std::any::TypeId::of::<B>()
+        == std::any::TypeId::of::<burn::backend::Autodiff<crate::runtime::backend::Gpu>>()
+    {
+        use crate::runtime::backend::{Gpu, same_type};
+        if let Some(out) =
+            super::product::half_rows::<Gpu>(same_type(x.clone()), same_type(w.clone()))
+        {
+            return same_type(out);
+        }
+    }
+    to_full(x.matmul(w))
+}
+
 /// `x` in bf16, cast only when it is not already.
 fn as_half<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     if x.dtype() == DType::BF16 {
@@ -350,10 +368,8 @@ impl<B: Backend> Projection<B> {
         let [batch, seq, d_in] = x.dims();
         let d_out = w.dims()[1];
         let w = if half { as_half(w) } else { as_full(w) };
-        let mut out = x.reshape([batch * seq, d_in]).matmul(w);
-        if half {
-            out = to_full(out);
-        }
+        let x = x.reshape([batch * seq, d_in]);
+        let mut out = if half { half_rows(x, w) } else { x.matmul(w) };
         if let Some(bias) = &self.bias {
             out = out + bias.val().unsqueeze();
         }
