@@ -29,12 +29,13 @@ pub(crate) fn half_rows<I: Backend>(
 ) -> Option<Tensor<Autodiff<I>, 2>> {
     // x is kept for W's gradient only, W for x's only: a frozen base
     // keeps no copy of its input.
-    let keep = [w.is_require_grad(), x.is_require_grad()];
     let x = x.into_primitive().tensor();
     if !cublas::applies::<I>(&x.primitive) {
         return None;
     }
     let w = w.into_primitive().tensor();
+    // Tracked: a leaf that requires a gradient, or computed from one.
+    let keep = [&w, &x].map(|t| !t.node.requirement.is_none());
     let out = cublas::matmul::<I>(
         x.primitive.clone(),
         w.primitive.clone(),
