@@ -117,21 +117,18 @@ pub fn rows<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
 /// cuBLAS where it applies (`model::product`), else burn's bf16 product
 /// widened.
 fn half_rows<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
-    cublas_rows(x.clone(), w.clone()).unwrap_or_else(|| to_full(x.matmul(w)))
-}
-
-/// `x · w` in f32 for bf16 rows `x` and weight `w` through cuBLAS
-/// (`model::product`), when training on CUDA where it applies; else `None`.
-#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
-fn cublas_rows<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     #[cfg(feature = "cuda")]
     if std::any::TypeId::of::<B>()
         == std::any::TypeId::of::<burn::backend::Autodiff<crate::runtime::backend::Gpu>>()
     {
         use crate::runtime::backend::{Gpu, same_type};
-        return super::product::half_rows::<Gpu>(same_type(x), same_type(w)).map(same_type);
+        if let Some(out) =
+            super::product::half_rows::<Gpu>(same_type(x.clone()), same_type(w.clone()))
+        {
+            return same_type(out);
+        }
     }
-    None
+    to_full(x.matmul(w))
 }
 
 /// `x` in bf16, cast only when it is not already.
@@ -333,10 +330,7 @@ impl<B: Backend> Projection<B> {
         if let Some(out) = self.trained_rows(half.clone(), true) {
             return out;
         }
-        let mut out = match self.frozen_rows(half.clone()) {
-            Some(out) => out,
-            None => to_full(self.base_product(half.clone(), true)),
-        };
+        let mut out = to_full(self.base_product(half.clone(), true));
         if let Some(bias) = &self.bias {
             out = out + bias.val().unsqueeze();
         }
@@ -379,21 +373,6 @@ impl<B: Backend> Projection<B> {
         if let Some(bias) = &self.bias {
             out = out + bias.val().unsqueeze();
         }
-        Some(out.reshape([batch, seq, d_out]))
-    }
-
-    /// `x · W` in f32 for bf16 `x` and a frozen dense base (LoRA's, kept in
-    /// bf16) through cuBLAS on the `[batch·seq, d_in]` rows, when training
-    /// on CUDA where it applies (`model::product`: the backward pass gives
-    /// x's gradient only); `None` otherwise, and the batched product runs.
-    fn frozen_rows(&self, x: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
-        let w = self.weight.as_ref()?.val();
-        if self.packed.is_some() || w.is_require_grad() {
-            return None;
-        }
-        let [batch, seq, d_in] = x.dims();
-        let d_out = w.dims()[1];
-        let out = cublas_rows(x.reshape([batch * seq, d_in]), as_half(w))?;
         Some(out.reshape([batch, seq, d_out]))
     }
 
