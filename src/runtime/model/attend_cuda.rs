@@ -52,6 +52,7 @@ use crate::runtime::backend::{Gpu, same_type};
 use crate::runtime::fusion_op::{Cube, Kernels, Prim, Runtime, contiguous, empty, launch_typed};
 use crate::runtime::model::dropout::Seeded;
 use crate::runtime::model::dropout_cuda::KernelDraw;
+use crate::runtime::model::softmax_cuda::bias_strides;
 
 /// Lanes of a warp.
 const LANES: u32 = 32;
@@ -488,14 +489,6 @@ impl Head {
     fn cubes(&self) -> CubeCount {
         CubeCount::Static((self.batch * self.heads) as u32, 1, 1)
     }
-
-    /// The bias's strides, 0 along the dimensions it is broadcast over.
-    fn bias_strides(bias: &Cube) -> [usize; 4] {
-        let shape = bias.meta.shape();
-        let strides = bias.meta.strides();
-        let stride = |d: usize| if shape[d] == 1 { 0 } else { strides[d] };
-        [stride(0), stride(1), stride(2), stride(3)]
-    }
 }
 
 fn five(inputs: &mut std::vec::IntoIter<Cube>) -> [Cube; 5] {
@@ -517,7 +510,7 @@ impl Kernels for Forward {
         let h = self.head;
         let width = h.heads * h.dim;
         let out = empty(&y, Shape::new([h.batch, h.seq, h.heads, h.dim]), y.dtype);
-        let b = Head::bias_strides(&bias);
+        let b = bias_strides(&bias);
         let dtype = y.dtype.into();
         // SAFETY: cube `c` < batch·heads reads rows `batch·seq + token`
         // (token < seq) of y ([batch·seq, 3·width], contiguous) at columns
@@ -651,7 +644,7 @@ impl Kernels for Backward {
         } else {
             empty(&y, Shape::new([1]), DType::F32)
         };
-        let b = Head::bias_strides(&bias);
+        let b = bias_strides(&bias);
         let dtype = y.dtype.into();
         // SAFETY: as in the forward pass; the gradient ([batch, seq,
         // heads, dim], contiguous) is read where the forward pass wrote the

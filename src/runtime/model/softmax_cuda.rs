@@ -304,16 +304,22 @@ struct Layout {
 fn layout(scores: &Cube, bias: &Cube) -> Layout {
     let shape = scores.meta.shape();
     let [batch, heads, queries, keys] = [shape[0], shape[1], shape[2], shape[3]];
-    let bias_shape = bias.meta.shape();
-    let strides = bias.meta.strides();
-    let stride = |d: usize| if bias_shape[d] == 1 { 0 } else { strides[d] };
     Layout {
         rows: batch * heads * queries,
         keys,
         heads,
         queries,
-        bias: [stride(0), stride(1), stride(2), stride(3)],
+        bias: bias_strides(bias),
     }
+}
+
+/// A 4-D attention bias's strides, 0 along the dimensions it is broadcast
+/// over (size 1), so kernels read it as if it had the scores' shape.
+pub(crate) fn bias_strides(bias: &Cube) -> [usize; 4] {
+    let shape = bias.meta.shape();
+    let strides = bias.meta.strides();
+    let stride = |d: usize| if shape[d] == 1 { 0 } else { strides[d] };
+    [stride(0), stride(1), stride(2), stride(3)]
 }
 
 fn row_cubes(rows: usize) -> CubeCount {
