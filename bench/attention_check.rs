@@ -37,8 +37,10 @@
 //! the bias, and the milliseconds per pass, with the same tolerances but
 //! for f32 on CUDA, whose products are TF32 (1e-3; see `TF32`). Then the
 //! same for LoRA's case: frozen weights and biases with adapter updates on
-//! the query and the value (ftl's split and merge kernels with the
-//! updates), comparing the gradients of x, the two updates and the bias.
+//! the query and the value, comparing the gradients of x, the two updates
+//! and the bias. Under bf16 on CUDA both cases run ftl's attention kernels
+//! (`src/runtime/model/attend_cuda.rs`), at heads of 32 and 64 and with
+//! both biases; `bf16` as an argument runs only those cases.
 //!
 //! `cargo run --release --example attention_check`
 
@@ -434,9 +436,9 @@ struct QkvCase {
 
 /// The projections with the attention as one operation against three
 /// projections, in f32 and bf16 (only bf16 with `bf16_only`); false when
-/// one fails. Under bf16 without adapters on CUDA, the operation runs ftl's
-/// attention kernels (`attend_cuda`): checked at both head sizes and with
-/// both biases.
+/// one fails. Under bf16 on CUDA, the operation runs ftl's attention
+/// kernels (`attend_cuda`): checked at both head sizes and with both
+/// biases, with and without adapters.
 fn check_projected<I: Backend>(name: &str, device: &I::Device, bf16_only: bool) -> bool {
     let mut ok = true;
     let minilm = QkvCase {
@@ -458,6 +460,8 @@ fn check_projected<I: Backend>(name: &str, device: &I::Device, bf16_only: bool) 
         (true, false, mpnet),
         (true, false, padded),
         (true, true, minilm),
+        (true, true, mpnet),
+        (true, true, padded),
     ];
     if !bf16_only {
         cases.extend([(false, false, minilm), (false, true, minilm)]);

@@ -11,7 +11,7 @@
 //! (sequence, head):
 //!
 //! ```text
-//! forward:   q, k, v = y's parts + biases (rounded to the products' dtype, as the head split does)
+//! forward:   q, k, v = y's parts + biases [+ s·Δ] (rounded to the products' dtype, as the head split does)
 //!            s = bf16(q·kᵀ)/√d + bias    P = softmax(s)    Pᵈ = P ⊙ M / keep (in the products' dtype)
 //!            C = Pᵈ V, written token by token: [batch, seq, heads, head_dim]
 //! backward:  the same P and Pᵈ again    ∂Pᵈ = ∂C Vᵀ    ∂P = ∂Pᵈ ⊙ M / keep
@@ -19,6 +19,13 @@
 //!            written into the product's gradient `[rows, 3·width]` directly, and ∂S (f32)
 //!            for the attention bias's gradient when it has one
 //! ```
+//!
+//! Under LoRA a part with an adapter has its update `Δ` (`[rows, width]`,
+//! computed outside) added times the adapter's scale `s` after the bias, in
+//! f32, as `qkv::split_adapted` adds it, and the backward pass writes the
+//! update's gradient `s · ∂part` as rows beside the product's, as
+//! `qkv::merge_adapted` does: the same kernels serve full fine-tuning and
+//! LoRA.
 //!
 //! These are the formulas, roundings and dropout draws of the path it
 //! replaces (the head split, the products in the products' dtype forward
@@ -82,8 +89,14 @@ mod kernels {
         pub bias_query: usize,
         pub bias_key: usize,
         pub root: f32,
+        /// The adapters' scales of q, k and v (unused where a part has no
+        /// adapter).
+        pub scale_q: f32,
+        pub scale_k: f32,
+        pub scale_v: f32,
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[cube]
     pub fn place(
         width: usize,
@@ -93,6 +106,9 @@ mod kernels {
         bias_query: usize,
         bias_key: usize,
         root: f32,
+        scale_q: f32,
+        scale_k: f32,
+        scale_v: f32,
     ) -> Place {
         let cube = CUBE_POS_X as usize;
         Place {
@@ -105,25 +121,37 @@ mod kernels {
             bias_query,
             bias_key,
             root,
+            scale_q,
+            scale_k,
+            scale_v,
         }
     }
 
     /// Feature `e` of token `token` in part `part` (0 q, 1 k, 2 v), with
-    /// its bias, rounded to `F` as the head split rounds it.
+    /// its bias and, when `adapted`, its adapter's update (`[rows, width]`)
+    /// times `scale`, in f32, rounded to `F` as the head split rounds it.
+    #[allow(clippy::too_many_arguments)]
     #[cube]
     fn part_value<F: Float>(
         y: &Array<F>,
         b: &Array<f32>,
+        update: &Array<F>,
+        scale: f32,
         p: &Place,
         token: usize,
         part: usize,
         e: usize,
         #[comptime] seq: usize,
         #[comptime] dim: usize,
+        #[comptime] adapted: bool,
     ) -> F {
         let column = p.head * dim + e;
         let row = p.batch * seq + token;
-        F::cast_from(f32::cast_from(y[row * 3 * p.width + part * p.width + column]) + b[column])
+        let mut sum = f32::cast_from(y[row * 3 * p.width + part * p.width + column]) + b[column];
+        if adapted {
+            sum += f32::cast_from(update[row * p.width + column]) * scale;
+        }
+        F::cast_from(sum)
     }
 
     /// q (unpadded), k and v (padded) of this cube's head into shared
@@ -135,6 +163,9 @@ mod kernels {
         bq: &Array<f32>,
         bk: &Array<f32>,
         bv: &Array<f32>,
+        uq: &Array<F>,
+        uk: &Array<F>,
+        uv: &Array<F>,
         p: &Place,
         qs: &mut SharedMemory<F>,
         ks: &mut SharedMemory<F>,
@@ -142,15 +173,19 @@ mod kernels {
         #[comptime] seq: usize,
         #[comptime] dim: usize,
         #[comptime] pad: usize,
+        #[comptime] adapted_q: bool,
+        #[comptime] adapted_k: bool,
+        #[comptime] adapted_v: bool,
     ) {
         let threads = (CUBE_DIM_X * CUBE_DIM_Y) as usize;
         let mut i = UNIT_POS as usize;
         while i < seq * dim {
             let token = i / dim;
             let e = i % dim;
-            qs[i] = part_value::<F>(y, bq, p, token, 0, e, seq, dim);
-            ks[token * (dim + pad) + e] = part_value::<F>(y, bk, p, token, 1, e, seq, dim);
-            vs[token * (dim + pad) + e] = part_value::<F>(y, bv, p, token, 2, e, seq, dim);
+            let at = token * (dim + pad) + e;
+            qs[i] = part_value::<F>(y, bq, uq, p.scale_q, p, token, 0, e, seq, dim, adapted_q);
+            ks[at] = part_value::<F>(y, bk, uk, p.scale_k, p, token, 1, e, seq, dim, adapted_k);
+            vs[at] = part_value::<F>(y, bv, uv, p.scale_v, p, token, 2, e, seq, dim, adapted_v);
             i += threads;
         }
         sync_cube();
@@ -246,6 +281,9 @@ mod kernels {
         bq: &Array<f32>,
         bk: &Array<f32>,
         bv: &Array<f32>,
+        uq: &Array<F>,
+        uk: &Array<F>,
+        uv: &Array<F>,
         bias: &Array<f32>,
         seed: u32,
         threshold: u32,
@@ -257,16 +295,23 @@ mod kernels {
         bias_query: usize,
         bias_key: usize,
         root: f32,
+        scale_q: f32,
+        scale_k: f32,
+        scale_v: f32,
         inv_keep: f32,
         lowest: f32,
         #[comptime] seq: usize,
         #[comptime] dim: usize,
         #[comptime] pad: usize,
         #[comptime] dropout: bool,
+        #[comptime] adapted_q: bool,
+        #[comptime] adapted_k: bool,
+        #[comptime] adapted_v: bool,
         #[define(F)] _dtype: StorageType,
     ) {
         let p = place(
-            width, heads, bias_batch, bias_head, bias_query, bias_key, root,
+            width, heads, bias_batch, bias_head, bias_query, bias_key, root, scale_q, scale_k,
+            scale_v,
         );
         let draw = Draw {
             seed,
@@ -278,7 +323,10 @@ mod kernels {
         let mut vs = SharedMemory::<F>::new(seq * (dim + pad));
         let mut scores = SharedMemory::<f32>::new(seq * seq);
         let mut probs = SharedMemory::<F>::new(seq * seq);
-        stage::<F>(y, bq, bk, bv, &p, &mut qs, &mut ks, &mut vs, seq, dim, pad);
+        stage::<F>(
+            y, bq, bk, bv, uq, uk, uv, &p, &mut qs, &mut ks, &mut vs, seq, dim, pad, adapted_q,
+            adapted_k, adapted_v,
+        );
         let lanes = CUBE_DIM_X as usize;
         let first_score = CUBE_POS_X as usize * seq * seq;
         let mut row = UNIT_POS_Y as usize;
@@ -322,12 +370,18 @@ mod kernels {
         bq: &Array<f32>,
         bk: &Array<f32>,
         bv: &Array<f32>,
+        uq: &Array<F>,
+        uk: &Array<F>,
+        uv: &Array<F>,
         bias: &Array<f32>,
         seed: u32,
         threshold: u32,
         grad: &Array<F>,
         dy: &mut Array<F>,
         d_scores: &mut Array<f32>,
+        gq: &mut Array<F>,
+        gk: &mut Array<F>,
+        gv: &mut Array<F>,
         width: usize,
         heads: usize,
         bias_batch: usize,
@@ -335,6 +389,9 @@ mod kernels {
         bias_query: usize,
         bias_key: usize,
         root: f32,
+        scale_q: f32,
+        scale_k: f32,
+        scale_v: f32,
         inv_keep: f32,
         lowest: f32,
         #[comptime] seq: usize,
@@ -342,10 +399,14 @@ mod kernels {
         #[comptime] pad: usize,
         #[comptime] dropout: bool,
         #[comptime] bias_grad: bool,
+        #[comptime] adapted_q: bool,
+        #[comptime] adapted_k: bool,
+        #[comptime] adapted_v: bool,
         #[define(F)] _dtype: StorageType,
     ) {
         let p = place(
-            width, heads, bias_batch, bias_head, bias_query, bias_key, root,
+            width, heads, bias_batch, bias_head, bias_query, bias_key, root, scale_q, scale_k,
+            scale_v,
         );
         let draw = Draw {
             seed,
@@ -361,7 +422,10 @@ mod kernels {
         let mut d_probs = SharedMemory::<f32>::new(seq * seq);
         // Pᵈ in the products' dtype, for ∂V.
         let mut probs = SharedMemory::<F>::new(seq * seq);
-        stage::<F>(y, bq, bk, bv, &p, &mut qs, &mut ks, &mut vs, seq, dim, pad);
+        stage::<F>(
+            y, bq, bk, bv, uq, uk, uv, &p, &mut qs, &mut ks, &mut vs, seq, dim, pad, adapted_q,
+            adapted_k, adapted_v,
+        );
         let lanes = CUBE_DIM_X as usize;
         let first_score = CUBE_POS_X as usize * seq * seq;
         // ∂C of this head, row `row`, feature `e`, in token order.
@@ -425,6 +489,17 @@ mod kernels {
             dy[start] = F::cast_from(dq);
             dy[start + p.width] = F::cast_from(dk);
             dy[start + 2 * p.width] = F::cast_from(dv);
+            // An adapter's update gets its part's gradient times its scale.
+            let at = token * p.width + column;
+            if adapted_q {
+                gq[at] = F::cast_from(dq * p.scale_q);
+            }
+            if adapted_k {
+                gk[at] = F::cast_from(dk * p.scale_k);
+            }
+            if adapted_v {
+                gv[at] = F::cast_from(dv * p.scale_v);
+            }
             i += threads;
         }
     }
@@ -483,19 +558,59 @@ struct Head {
     dim: usize,
     root: f32,
     draw: KernelDraw,
+    /// Each adapted part's scale.
+    scales: [Option<f64>; 3],
 }
 
 impl Head {
     fn cubes(&self) -> CubeCount {
         CubeCount::Static((self.batch * self.heads) as u32, 1, 1)
     }
+
+    fn width(&self) -> usize {
+        self.heads * self.dim
+    }
+
+    fn adapted(&self, part: usize) -> bool {
+        self.scales[part].is_some()
+    }
+
+    fn scale(&self, part: usize) -> f32 {
+        self.scales[part].unwrap_or(0.0) as f32
+    }
 }
 
-fn five(inputs: &mut std::vec::IntoIter<Cube>) -> [Cube; 5] {
-    let mut next = || inputs.next().expect("y, three biases, the attention bias");
-    let y = contiguous(next());
-    let [bq, bk, bv] = [next(), next(), next()].map(contiguous);
-    [y, bq, bk, bv, next()]
+/// The inputs both kernels read, as cubecl tensors: y, the three biases,
+/// the attention bias and the three updates (a one-value stand-in for a
+/// part without an adapter, never read).
+struct Staged {
+    y: Cube,
+    biases: [Cube; 3],
+    bias: Cube,
+    updates: [Cube; 3],
+}
+
+impl Staged {
+    fn take(inputs: &mut std::vec::IntoIter<Cube>, h: &Head) -> Staged {
+        let mut next = || {
+            inputs
+                .next()
+                .expect("y, three biases, the attention bias, updates")
+        };
+        let y = contiguous(next());
+        let biases = [next(), next(), next()].map(contiguous);
+        let bias = next();
+        let unused = empty(&y, Shape::new([1]), y.dtype);
+        let updates = h
+            .scales
+            .map(|s| s.map_or_else(|| unused.clone(), |_| contiguous(next())));
+        Staged {
+            y,
+            biases,
+            bias,
+            updates,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -505,21 +620,25 @@ struct Forward {
 
 impl Kernels for Forward {
     fn run(&self, inputs: Vec<Cube>) -> Vec<Cube> {
-        let mut inputs = inputs.into_iter();
-        let [y, bq, bk, bv, bias] = five(&mut inputs);
         let h = self.head;
-        let width = h.heads * h.dim;
+        let Staged {
+            y,
+            biases: [bq, bk, bv],
+            bias,
+            updates: [uq, uk, uv],
+        } = Staged::take(&mut inputs.into_iter(), &h);
         let out = empty(&y, Shape::new([h.batch, h.seq, h.heads, h.dim]), y.dtype);
         let b = bias_strides(&bias);
         let dtype = y.dtype.into();
         // SAFETY: cube `c` < batch·heads reads rows `batch·seq + token`
         // (token < seq) of y ([batch·seq, 3·width], contiguous) at columns
         // `part·width + head·dim + e` (e < dim), the biases at `head·dim +
-        // e` < width, the bias through its own strides within its shape
-        // (broadcast to [batch, heads, seq, seq]), and writes
-        // `(token·heads + head)·dim + e` of the fresh [batch, seq, heads,
-        // dim] output. Shared memory is indexed below the sizes it was
-        // declared with.
+        // e` < width, an adapted part's update ([batch·seq, width],
+        // contiguous) at `row·width + head·dim + e`, the bias through its
+        // own strides within its shape (broadcast to [batch, heads, seq,
+        // seq]), and writes `(token·heads + head)·dim + e` of the fresh
+        // [batch, seq, heads, dim] output. Shared memory is indexed below
+        // the sizes it was declared with.
         unsafe {
             kernels::forward::launch_unchecked::<Runtime>(
                 &y.client,
@@ -529,23 +648,32 @@ impl Kernels for Forward {
                 bq.into_array_arg(),
                 bk.into_array_arg(),
                 bv.into_array_arg(),
+                uq.into_array_arg(),
+                uk.into_array_arg(),
+                uv.into_array_arg(),
                 bias.into_array_arg(),
                 h.draw.seed,
                 h.draw.threshold,
                 out.clone().into_array_arg(),
-                width,
+                h.width(),
                 h.heads,
                 b[0],
                 b[1],
                 b[2],
                 b[3],
                 h.root,
+                h.scale(0),
+                h.scale(1),
+                h.scale(2),
                 h.draw.inv_keep,
                 f32::NEG_INFINITY,
                 h.seq,
                 h.dim,
                 PAD,
                 h.draw.dropout,
+                h.adapted(0),
+                h.adapted(1),
+                h.adapted(2),
                 dtype,
             )
         };
@@ -554,11 +682,13 @@ impl Kernels for Forward {
 }
 
 /// The attention's inputs: the q/k/v product `y` (`[batch·seq, 3·width]`),
-/// the three biases (f32) and the attention bias.
+/// the three biases (f32), the attention bias, and each adapted part's
+/// update (`[batch·seq, width]`, y's dtype) with its scale.
 pub(crate) struct Inputs<I: Backend> {
     pub y: FloatTensor<I>,
     pub biases: [FloatTensor<I>; 3],
     pub bias: FloatTensor<I>,
+    pub updates: [Option<(FloatTensor<I>, f64)>; 3],
 }
 
 impl<I: Backend> Clone for Inputs<I> {
@@ -567,6 +697,7 @@ impl<I: Backend> Clone for Inputs<I> {
             y: self.y.clone(),
             biases: self.biases.clone(),
             bias: self.bias.clone(),
+            updates: self.updates.clone(),
         }
     }
 }
@@ -578,15 +709,23 @@ impl<I: Backend> std::fmt::Debug for Inputs<I> {
 }
 
 impl<I: Backend> Inputs<I> {
+    /// In [`Staged::take`]'s order.
     fn prims(self) -> Vec<Prim> {
         let [bq, bk, bv] = self.biases;
-        vec![
+        let mut prims = vec![
             same_type(self.y),
             same_type(bq),
             same_type(bk),
             same_type(bv),
             same_type(self.bias),
-        ]
+        ];
+        prims.extend(
+            self.updates
+                .into_iter()
+                .flatten()
+                .map(|(u, _)| same_type(u)),
+        );
+        prims
     }
 }
 
@@ -601,6 +740,7 @@ fn head<I: Backend>(x: &Inputs<I>, seq: usize, heads: usize, draw: Option<Seeded
         dim,
         root: (dim as f64).sqrt() as f32,
         draw: KernelDraw::new(draw),
+        scales: [0, 1, 2].map(|t| x.updates[t].as_ref().map(|(_, s)| *s)),
     }
 }
 
@@ -633,24 +773,39 @@ struct Backward {
 
 impl Kernels for Backward {
     fn run(&self, inputs: Vec<Cube>) -> Vec<Cube> {
-        let mut inputs = inputs.into_iter();
-        let [y, bq, bk, bv, bias] = five(&mut inputs);
-        let grad = contiguous(inputs.next().expect("the context's gradient"));
         let h = self.head;
-        let width = h.heads * h.dim;
+        let mut inputs = inputs.into_iter();
+        let Staged {
+            y,
+            biases: [bq, bk, bv],
+            bias,
+            updates: [uq, uk, uv],
+        } = Staged::take(&mut inputs, &h);
+        let grad = contiguous(inputs.next().expect("the context's gradient"));
         let dy = empty(&y, y.meta.shape().clone(), y.dtype);
+        let unused = || empty(&y, Shape::new([1]), DType::F32);
         let d_scores = if self.bias_grad {
             empty(&y, Shape::new([h.batch, h.heads, h.seq, h.seq]), DType::F32)
         } else {
-            empty(&y, Shape::new([1]), DType::F32)
+            unused()
         };
+        let rows = y.meta.shape()[0];
+        let [gq, gk, gv] = [0, 1, 2].map(|t| {
+            if h.adapted(t) {
+                empty(&y, Shape::new([rows, h.width()]), y.dtype)
+            } else {
+                empty(&y, Shape::new([1]), y.dtype)
+            }
+        });
         let b = bias_strides(&bias);
         let dtype = y.dtype.into();
         // SAFETY: as in the forward pass; the gradient ([batch, seq,
         // heads, dim], contiguous) is read where the forward pass wrote the
         // context; every (token, column) of the fresh `dy` is written once,
-        // by the cube of its sequence and head; `d_scores` is written only
-        // when it holds [batch, heads, seq, seq] values (`bias_grad`).
+        // by the cube of its sequence and head, and of an adapted part's
+        // fresh [batch·seq, width] update gradient likewise; `d_scores` is
+        // written only when it holds [batch, heads, seq, seq] values
+        // (`bias_grad`), an update's gradient only when its part is adapted.
         unsafe {
             kernels::backward::launch_unchecked::<Runtime>(
                 &y.client,
@@ -660,19 +815,28 @@ impl Kernels for Backward {
                 bq.into_array_arg(),
                 bk.into_array_arg(),
                 bv.into_array_arg(),
+                uq.into_array_arg(),
+                uk.into_array_arg(),
+                uv.into_array_arg(),
                 bias.into_array_arg(),
                 h.draw.seed,
                 h.draw.threshold,
                 grad.into_array_arg(),
                 dy.clone().into_array_arg(),
                 d_scores.clone().into_array_arg(),
-                width,
+                gq.clone().into_array_arg(),
+                gk.clone().into_array_arg(),
+                gv.clone().into_array_arg(),
+                h.width(),
                 h.heads,
                 b[0],
                 b[1],
                 b[2],
                 b[3],
                 h.root,
+                h.scale(0),
+                h.scale(1),
+                h.scale(2),
                 h.draw.inv_keep,
                 f32::NEG_INFINITY,
                 h.seq,
@@ -680,6 +844,9 @@ impl Kernels for Backward {
                 PAD,
                 h.draw.dropout,
                 self.bias_grad,
+                h.adapted(0),
+                h.adapted(1),
+                h.adapted(2),
                 dtype,
             )
         };
@@ -687,14 +854,29 @@ impl Kernels for Backward {
         if self.bias_grad {
             out.push(d_scores);
         }
+        for (t, g) in [gq, gk, gv].into_iter().enumerate() {
+            if h.adapted(t) {
+                out.push(g);
+            }
+        }
         out
     }
 }
 
-/// The product's gradient `[batch·seq, 3·width]` (y's dtype) from the
-/// context's, `grad`, in token order (`[batch, seq, heads, head_dim]`),
-/// and with `bias_grad` the scores' gradient ∂S, f32 `[batch, heads, seq,
-/// seq]`, for the attention bias's. Call only where [`applies`] said so.
+/// What [`backward`] gives.
+pub(crate) struct Gradients<I: Backend> {
+    /// The product's gradient `[batch·seq, 3·width]`, y's dtype.
+    pub dy: FloatTensor<I>,
+    /// ∂S, f32 `[batch, heads, seq, seq]`, when asked for.
+    pub scores: Option<FloatTensor<I>>,
+    /// Each adapted part's update gradient `[batch·seq, width]`: the part's
+    /// gradient times its scale, y's dtype.
+    pub updates: [Option<FloatTensor<I>>; 3],
+}
+
+/// The gradients from the context's, `grad`, in token order (`[batch,
+/// seq, heads, head_dim]`); ∂S only with `bias_grad`. Call only where
+/// [`applies`] said so.
 pub(crate) fn backward<I: Backend>(
     x: Inputs<I>,
     grad: FloatTensor<I>,
@@ -702,15 +884,21 @@ pub(crate) fn backward<I: Backend>(
     heads: usize,
     draw: Option<Seeded>,
     bias_grad: bool,
-) -> (FloatTensor<I>, Option<FloatTensor<I>>) {
+) -> Gradients<I> {
     let head = head(&x, seq, heads, draw);
     let y_shape = x.y.shape();
+    let rows = y_shape[0];
     let dtype = x.y.dtype();
     let mut inputs = x.prims();
     inputs.push(same_type(grad));
     let mut outputs = vec![(y_shape, dtype)];
     if bias_grad {
         outputs.push((Shape::new([head.batch, heads, seq, seq]), DType::F32));
+    }
+    for t in 0..3 {
+        if head.adapted(t) {
+            outputs.push((Shape::new([rows, head.width()]), dtype));
+        }
     }
     let mut out = launch_typed(
         "ftl_attention_backward",
@@ -720,5 +908,14 @@ pub(crate) fn backward<I: Backend>(
     )
     .into_iter();
     let dy = same_type(out.next().expect("the product's gradient"));
-    (dy, out.next().map(same_type))
+    let scores = bias_grad.then(|| same_type(out.next().expect("∂S")));
+    let updates = [0, 1, 2].map(|t| {
+        head.adapted(t)
+            .then(|| same_type(out.next().expect("an update's gradient")))
+    });
+    Gradients {
+        dy,
+        scores,
+        updates,
+    }
 }

@@ -344,8 +344,9 @@ pub fn own_projected<I: Backend>(
     let packed = qkv::pack::<I>(weights.map(|w| w.primitive), dtype);
     let y = product::<I>(rows.clone(), packed.clone(), [false, false]);
     let biases = biases.map(|b| b.primitive);
+    let deltas = deltas.map(|d| d.map(|(t, s)| (t.primitive, s)));
     #[cfg(feature = "cuda")]
-    let fused = fused_draw::<I>(&softmax, &scales, &y, &bias.primitive, [seq, heads]);
+    let fused = fused_draw::<I>(&softmax, &y, &bias.primitive, &deltas, [seq, heads]);
     #[cfg(not(feature = "cuda"))]
     let fused: Option<()> = None;
     let (core, context) = match fused {
@@ -355,6 +356,7 @@ pub fn own_projected<I: Backend>(
                 y,
                 biases,
                 bias: bias.primitive,
+                updates: deltas,
             };
             let tokens = super::attend_cuda::forward::<I>(inputs.clone(), seq, heads, draw);
             let core = Core::Fused(Fused {
@@ -366,7 +368,6 @@ pub fn own_projected<I: Backend>(
             (core, I::float_swap_dims(tokens, 1, 2))
         }
         _ => {
-            let deltas = deltas.map(|d| d.map(|(t, s)| (t.primitive, s)));
             let attention = split_attention::<I>(
                 y,
                 biases,
@@ -434,22 +435,23 @@ fn split_attention<I: Backend>(
 }
 
 /// The dropout's draw when ftl's attention kernels take this attention
-/// (`attend_cuda`): the softmax runs as ftl's kernels, no part is adapted,
-/// and the kernels apply to the product's and the bias's dtypes and to
-/// this sequence and head size.
+/// (`attend_cuda`): the softmax runs as ftl's kernels, the adapters'
+/// updates are in the product's dtype, and the kernels apply to the
+/// product's and the bias's dtypes and to this sequence and head size.
 #[cfg(feature = "cuda")]
 fn fused_draw<I: Backend>(
     softmax: &Softmax<I>,
-    scales: &[Option<f64>; 3],
     y: &FloatTensor<I>,
     bias: &FloatTensor<I>,
+    deltas: &[Option<(FloatTensor<I>, f64)>; 3],
     [seq, heads]: [usize; 2],
 ) -> Option<Option<Seeded>> {
     let Softmax::Kernels(draw) = softmax else {
         return None;
     };
     let dim = y.shape()[1] / 3 / heads;
-    let applies = scales.iter().all(Option::is_none)
+    let updates_match = deltas.iter().flatten().all(|(d, _)| d.dtype() == y.dtype());
+    let applies = updates_match
         && super::attend_cuda::applies::<I>(y.dtype(), bias.dtype(), seq, dim, &I::float_device(y));
     applies.then_some(*draw)
 }
@@ -805,7 +807,7 @@ impl<I: Backend> Backward<I, 11> for ProjectedBackward {
             Core::Fused(fused) => {
                 let tokens = I::float_swap_dims(grad, 1, 2);
                 let bias_shape = fused.inputs.bias.shape();
-                let (dy, d_scores) = super::attend_cuda::backward::<I>(
+                let g = super::attend_cuda::backward::<I>(
                     fused.inputs,
                     tokens,
                     fused.seq,
@@ -813,10 +815,15 @@ impl<I: Backend> Backward<I, 11> for ProjectedBackward {
                     fused.draw,
                     bias_id.is_some(),
                 );
-                if let (Some(id), Some(d_scores)) = (bias_id, d_scores) {
+                if let (Some(id), Some(d_scores)) = (bias_id, g.scores) {
                     grads.register::<I>(id, sum_to::<I>(d_scores, &bias_shape));
                 }
-                projection_gradients::<I>(dy, s.rows, s.packed, s.x_shape, s.x_dtype, ids, grads);
+                for (node, update) in updates.iter().zip(g.updates) {
+                    if let (Some(node), Some(update)) = (node, update) {
+                        grads.register::<I>(node.id, update);
+                    }
+                }
+                projection_gradients::<I>(g.dy, s.rows, s.packed, s.x_shape, s.x_dtype, ids, grads);
                 return;
             }
         };
