@@ -49,6 +49,20 @@ pub fn cuda_available() -> bool {
     false
 }
 
+/// The first library call on the GPU that failed in this process (a cuBLAS
+/// product: its shape and status), if one did. Training reads it with each
+/// step's metrics: the results after such a failure are not to be trusted.
+#[cfg(feature = "cuda")]
+pub fn device_failure() -> Option<String> {
+    super::cublas::failure()
+}
+
+/// Without the `cuda` feature nothing runs on a GPU.
+#[cfg(not(feature = "cuda"))]
+pub fn device_failure() -> Option<String> {
+    None
+}
+
 /// Where a run computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {

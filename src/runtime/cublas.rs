@@ -20,10 +20,14 @@
 //! reads its handle once from the server's debug description. If that
 //! fails, the products stay cubecl's.
 //!
-//! [`available`] says whether they run; [`matmul`] is the product.
+//! [`available`] says whether they run; [`matmul`] is the product. A
+//! product that fails on the device thread does not panic there (that
+//! would take cubecl's device thread down with it): its output is left as
+//! it is and the first failure is kept for [`failure`], which training
+//! reads with each step's metrics and reports as an error.
 
 use std::cell::RefCell;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use burn::prelude::Backend;
 use burn::tensor::ops::FloatTensor;
@@ -42,6 +46,21 @@ type Server = <Runtime as cubecl::Runtime>::Server;
 /// The cuBLAS handle and cubecl's stream, on the device thread.
 struct Blas {
     handle: blas::cublasHandle_t,
+}
+
+/// The first product that failed, described.
+static FAILURE: Mutex<Option<String>> = Mutex::new(None);
+
+/// Keeps `message` unless a failure was kept before.
+fn fail(message: String) {
+    let mut failure = FAILURE.lock().unwrap_or_else(|e| e.into_inner());
+    failure.get_or_insert(message);
+}
+
+/// The first cuBLAS product that failed in this process, if one did: its
+/// shape and cuBLAS's status.
+pub fn failure() -> Option<String> {
+    FAILURE.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 thread_local! {
@@ -178,16 +197,16 @@ fn gemm(
     [lda, ldb]: [usize; 2],
     [a_type, b_type, c_type]: [blas::cudaDataType; 3],
 ) {
-    let resource = |server: &mut Server, binding: Binding| {
-        server
-            .get_resource(binding, stream_id)
-            .expect("a product's operand is on the device")
+    let shape = format!("cuBLAS product [{m}×{k}]·[{k}×{n}]");
+    let resources = [a, b, c].map(|binding| server.get_resource(binding, stream_id));
+    let [a, b, c] = match resources {
+        [Ok(a), Ok(b), Ok(c)] => [a, b, c],
+        [a, b, c] => {
+            let e = [a.err(), b.err(), c.err()].into_iter().flatten().next();
+            fail(format!("{shape}: an operand is not on the device ({e:?})"));
+            return;
+        }
     };
-    let (a, b, c) = (
-        resource(server, a),
-        resource(server, b),
-        resource(server, c),
-    );
     let op = |t: bool| {
         if t {
             blas::cublasOperation_t::CUBLAS_OP_T
@@ -198,7 +217,12 @@ fn gemm(
     let (alpha, beta) = (1.0f32, 0.0f32);
     BLAS.with(|blas_state| {
         let state = blas_state.borrow();
-        let state = state.as_ref().expect("cuBLAS was set up on this thread");
+        let Some(state) = state.as_ref() else {
+            fail(format!(
+                "{shape}: cuBLAS is not set up on cubecl's device thread"
+            ));
+            return;
+        };
         // SAFETY: the pointers are the operands' device memory, held by
         // the resources for the call; the sizes are the tensors' (row-major,
         // contiguous); alpha and beta are host values (cuBLAS's default
@@ -228,7 +252,7 @@ fn gemm(
             )
         };
         if let Err(status) = check(status) {
-            panic!("cuBLAS product [{m}×{k}]·[{k}×{n}] failed: {status}");
+            fail(format!("{shape} failed: {status}"));
         }
     });
 }

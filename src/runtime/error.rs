@@ -152,6 +152,14 @@ pub enum RuntimeError {
         /// The optimizer step.
         step: u64,
     },
+    /// A library call on the GPU failed during training: `cuBLAS product
+    /// [2048×768]·[768×2304] failed: CUBLAS_STATUS_EXECUTION_FAILED`.
+    DeviceFailure {
+        /// The optimizer step whose results showed it.
+        step: u64,
+        /// The library's message.
+        message: String,
+    },
 }
 
 impl RuntimeError {
@@ -187,6 +195,7 @@ impl RuntimeError {
             RuntimeError::Interrupted { .. } => "R018",
             RuntimeError::BadRun { .. } => "R019",
             RuntimeError::NonFinite { .. } => "R020",
+            RuntimeError::DeviceFailure { .. } => "R021",
         }
     }
 
@@ -266,6 +275,10 @@ impl RuntimeError {
             }
             RuntimeError::NonFinite { .. } => {
                 "lower `train.lr`, set `train.clip_grad_norm`, or use fp32 precision".into()
+            }
+            RuntimeError::DeviceFailure { .. } => {
+                "run again with FTL_CUBLAS=off to use ftl's own matrix kernels instead of cuBLAS"
+                    .into()
             }
         }
     }
@@ -373,8 +386,31 @@ impl fmt::Display for RuntimeError {
             RuntimeError::NonFinite { step } => {
                 write!(f, "the loss is not finite at step {step}; training stopped")
             }
+            RuntimeError::DeviceFailure { step, message } => {
+                write!(f, "{message} by step {step}; training stopped")
+            }
         }
     }
 }
 
 impl std::error::Error for RuntimeError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_gpu_product_names_itself_the_step_and_the_way_around_it() {
+        let e = RuntimeError::DeviceFailure {
+            step: 40,
+            message: "cuBLAS product [2048×768]·[768×2304] failed: CUBLAS_STATUS_EXECUTION_FAILED"
+                .into(),
+        };
+        assert_eq!(
+            e.report(),
+            "error[R021]: cuBLAS product [2048×768]·[768×2304] failed: \
+             CUBLAS_STATUS_EXECUTION_FAILED by step 40; training stopped\n\
+             hint: run again with FTL_CUBLAS=off to use ftl's own matrix kernels instead of cuBLAS"
+        );
+    }
+}

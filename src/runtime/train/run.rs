@@ -759,6 +759,13 @@ fn execute_on<AB: AutodiffBackend>(
                         .collect(),
                 );
                 let norms = read(pending.iter().filter_map(|p| p.norm.clone()).collect());
+                // The read waited for the device: a product of these steps
+                // that failed has been recorded, and their metrics are not
+                // logged.
+                if let Some(message) = crate::runtime::backend::device_failure() {
+                    let step = pending.last().map_or(progress.step, |p| p.step);
+                    return Err(RuntimeError::DeviceFailure { step, message });
+                }
                 let secs = window.elapsed().as_secs_f64().max(window_secs);
                 window = Instant::now();
                 let per_step = secs / pending.len() as f64;
