@@ -197,13 +197,17 @@ fn gemm(
     [lda, ldb]: [usize; 2],
     [a_type, b_type, c_type]: [blas::cudaDataType; 3],
 ) {
-    let shape = format!("cuBLAS product [{m}×{k}]·[{k}×{n}]");
+    // Described only when it failed: this runs for every product.
+    let shape = || format!("cuBLAS product [{m}×{k}]·[{k}×{n}]");
     let resources = [a, b, c].map(|binding| server.get_resource(binding, stream_id));
     let [a, b, c] = match resources {
         [Ok(a), Ok(b), Ok(c)] => [a, b, c],
         [a, b, c] => {
             let e = [a.err(), b.err(), c.err()].into_iter().flatten().next();
-            fail(format!("{shape}: an operand is not on the device ({e:?})"));
+            fail(format!(
+                "{}: an operand is not on the device ({e:?})",
+                shape()
+            ));
             return;
         }
     };
@@ -219,7 +223,8 @@ fn gemm(
         let state = blas_state.borrow();
         let Some(state) = state.as_ref() else {
             fail(format!(
-                "{shape}: cuBLAS is not set up on cubecl's device thread"
+                "{}: cuBLAS is not set up on cubecl's device thread",
+                shape()
             ));
             return;
         };
@@ -252,7 +257,7 @@ fn gemm(
             )
         };
         if let Err(status) = check(status) {
-            fail(format!("{shape} failed: {status}"));
+            fail(format!("{} failed: {status}", shape()));
         }
     });
 }
