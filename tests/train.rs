@@ -24,8 +24,10 @@ use ftl::runtime::train::state::{named_params, param_values, read_safetensors};
 
 type Train = Autodiff<Cpu>;
 
-/// Dropout draws from the backend's one generator: runs whose numbers are
-/// compared must not share it with another test's run.
+/// Dropout and random initialisation draw from the backend's one
+/// generator: runs whose numbers are compared must not share it with
+/// another test, so every test that draws from it (a model made with random
+/// weights, a training run) takes this lock.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -743,6 +745,7 @@ fn lora_in_bf16_keeps_the_frozen_base_in_bf16_and_merges_from_the_f32_base() {
 /// QLoRA's `quantize.compute = bf16` alone: only packed layers use bf16.
 #[test]
 fn qlora_compute_dtype_applies_to_the_packed_layers_only() {
+    let _serial = serial();
     let quantize = Quantize {
         format: QuantFormat::Nf4,
         block_size: 64,
@@ -1071,6 +1074,7 @@ fn loss_and_gradients(
 #[test]
 fn a_short_batch_filled_to_the_batch_size_trains_as_itself() {
     use ftl::runtime::train::run::filled;
+    let _serial = serial();
     let rows = short_rows();
     let short: Vec<&[i64]> = rows[..3].iter().map(Vec::as_slice).collect();
     let full = filled(&short, 8);
@@ -1127,6 +1131,7 @@ fn a_short_batch_filled_to_the_batch_size_trains_as_itself() {
 #[test]
 fn filled_prediction_batches_return_each_row_once_unchanged() {
     use ftl::runtime::train::run::predict;
+    let _serial = serial();
     let device = cpu_device();
     let config = common::config(common::TINY_BERT);
     let encoder = config.init::<Cpu>(&device);
