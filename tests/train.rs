@@ -646,6 +646,68 @@ fn bf16_products_track_fp32_and_keep_f32_master_weights() {
     assert!(after.values().flatten().all(|v| v.is_finite()));
 }
 
+/// LoRA's bf16 products give the adapters the gradients fp32 gives them:
+/// A's and B's, of an adapter inside attention (its update added in the
+/// query/key/value product) and of one on the feed-forward layer (added
+/// after the bias), once training has made both A and B non-zero. Their
+/// products run on the `[batch·seq, d]` rows, so each gradient sums over
+/// every token of the batch at once.
+#[test]
+fn lora_bf16_products_give_the_adapters_fp32_gradients() {
+    let _serial = serial();
+    let device = cpu_device();
+    let method = Method::Lora(Lora {
+        targets: vec!["query".into(), "value".into(), "intermediate.dense".into()],
+        ..lora()
+    });
+    let fp32 = train_steps(classifier(&method, &no_quant()));
+    let half = fp32.clone().compute_in_half(true, false);
+    let (ids, mask, targets) = fixed_batch(&device);
+    let run = |m: &Classifier<Train>| {
+        <Train as burn::tensor::backend::Backend>::seed(&device, 7);
+        let logits = m.forward(ids.clone(), mask.clone());
+        let loss = CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(logits, targets.clone());
+        let grads = loss.backward();
+        let layer = &m.encoder.layers[1];
+        let adapters = [
+            &layer.attention.query,
+            &layer.attention.value,
+            &layer.feed_forward.intermediate,
+        ]
+        .map(|p| p.adapter.as_ref().expect("adapted"));
+        let mut out = Vec::new();
+        for a in adapters {
+            for param in [&a.a, &a.b] {
+                let grad = param.grad(&grads).expect("the adapter trains");
+                assert_eq!(grad.dtype(), burn::tensor::DType::F32);
+                out.push(grad.into_data().to_vec::<f32>().unwrap());
+            }
+        }
+        out
+    };
+    let (grads32, grads16) = (run(&fp32), run(&half));
+    let names = [
+        "query A",
+        "query B",
+        "value A",
+        "value B",
+        "intermediate A",
+        "intermediate B",
+    ];
+    for ((name, g32), g16) in names.iter().zip(&grads32).zip(&grads16) {
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(norm(g32) > 0.0, "{name} has a gradient");
+        assert_ne!(g32, g16, "{name}: bf16 products round differently");
+        let dot: f32 = g32.iter().zip(g16).map(|(a, b)| a * b).sum();
+        let cosine = dot / (norm(g32) * norm(g16));
+        assert!(cosine > 0.99, "{name}: gradient cosine {cosine}");
+        let ratio = norm(g16) / norm(g32);
+        assert!((0.97..1.03).contains(&ratio), "{name}: norm ratio {ratio}");
+    }
+}
+
 /// LoRA under bf16 keeps its frozen base in bf16 only. The products read the
 /// same values as casting an f32 base every step (bitwise the same logits
 /// and adapter gradients; with the base in bf16 the query, key and value

@@ -248,6 +248,12 @@ impl<B: Backend> Adapter<B> {
     /// and bf16 (`[batch, seq, d_out]`). `half_input` is `input` as bf16,
     /// when the caller has it: read when there is no dropout to apply
     /// first (made here when absent).
+    ///
+    /// The products run on the rows (`[batch·seq, d_in]`): A's and B's
+    /// gradients are then one product each, where a batched product over
+    /// `[batch, seq, d_in]` gave one per sequence and a reduction over the
+    /// batch (two more launches per adapter and step, and the per-sequence
+    /// gradients rounded to bf16 before they were summed).
     pub fn product_half(
         &self,
         input: Tensor<B, 3>,
@@ -258,8 +264,13 @@ impl<B: Backend> Adapter<B> {
         } else {
             half_input.unwrap_or_else(|| to_half(input))
         };
-        x.matmul(as_half(self.a.val()).unsqueeze())
-            .matmul(as_half(self.b.val()).unsqueeze())
+        let [batch, seq, d_in] = x.dims();
+        let update = x
+            .reshape([batch * seq, d_in])
+            .matmul(as_half(self.a.val()))
+            .matmul(as_half(self.b.val()));
+        let d_out = update.dims()[1];
+        update.reshape([batch, seq, d_out])
     }
 
     /// α / r.
