@@ -451,6 +451,24 @@ fn fixed_batch(
     (ids, mask, targets)
 }
 
+/// The logits and gradients of `model` on [`fixed_batch`], the backend
+/// seeded the same way for every model (the same dropout masks).
+fn fixed_backward(
+    model: &Classifier<Train>,
+) -> (
+    Tensor<Train, 2>,
+    <Train as burn::tensor::backend::AutodiffBackend>::Gradients,
+) {
+    let device = cpu_device();
+    let (ids, mask, targets) = fixed_batch(&device);
+    <Train as burn::tensor::backend::Backend>::seed(&device, 7);
+    let logits = model.forward(ids, mask);
+    let loss = CrossEntropyLossConfig::new()
+        .init(&device)
+        .forward(logits.clone(), targets);
+    (logits, loss.backward())
+}
+
 /// Three AdamW steps on a fixed batch.
 fn train_steps(mut model: Classifier<Train>) -> Classifier<Train> {
     let device = cpu_device();
@@ -592,19 +610,11 @@ fn full_fine_tuning_trains_every_parameter() {
 #[test]
 fn bf16_products_track_fp32_and_keep_f32_master_weights() {
     let _serial = serial();
-    let device = cpu_device();
     let fp32 = classifier(&Method::Full, &no_quant());
     let half = fp32.clone().compute_in_half(true, false);
-    let (ids, mask, targets) = fixed_batch(&device);
     let run = |m: &Classifier<Train>| {
-        // The same dropout masks for both.
-        <Train as burn::tensor::backend::Backend>::seed(&device, 7);
-        let logits = m.forward(ids.clone(), mask.clone());
+        let (logits, grads) = fixed_backward(m);
         assert_eq!(logits.dtype(), burn::tensor::DType::F32, "logits are f32");
-        let loss = CrossEntropyLossConfig::new()
-            .init(&device)
-            .forward(logits.clone(), targets.clone());
-        let grads = loss.backward();
         let weight = m.encoder.layers[0].attention.query.weight.as_ref().unwrap();
         let grad = weight
             .grad(&grads)
@@ -655,21 +665,14 @@ fn bf16_products_track_fp32_and_keep_f32_master_weights() {
 #[test]
 fn lora_bf16_products_give_the_adapters_fp32_gradients() {
     let _serial = serial();
-    let device = cpu_device();
     let method = Method::Lora(Lora {
         targets: vec!["query".into(), "value".into(), "intermediate.dense".into()],
         ..lora()
     });
     let fp32 = train_steps(classifier(&method, &no_quant()));
     let half = fp32.clone().compute_in_half(true, false);
-    let (ids, mask, targets) = fixed_batch(&device);
     let run = |m: &Classifier<Train>| {
-        <Train as burn::tensor::backend::Backend>::seed(&device, 7);
-        let logits = m.forward(ids.clone(), mask.clone());
-        let loss = CrossEntropyLossConfig::new()
-            .init(&device)
-            .forward(logits, targets.clone());
-        let grads = loss.backward();
+        let (_, grads) = fixed_backward(m);
         let layer = &m.encoder.layers[1];
         let adapters = [
             &layer.attention.query,
@@ -718,7 +721,6 @@ fn lora_bf16_products_give_the_adapters_fp32_gradients() {
 #[test]
 fn lora_in_bf16_keeps_the_frozen_base_in_bf16_and_merges_from_the_f32_base() {
     let _serial = serial();
-    let device = cpu_device();
     let base = classifier(&Method::Lora(lora()), &no_quant());
     let mut cast_each_step = base.clone();
     for layer in &mut cast_each_step.encoder.layers {
@@ -747,14 +749,8 @@ fn lora_in_bf16_keeps_the_frozen_base_in_bf16_and_merges_from_the_f32_base() {
         "embeddings stay f32"
     );
 
-    let (ids, mask, targets) = fixed_batch(&device);
     let run = |m: &Classifier<Train>| {
-        <Train as burn::tensor::backend::Backend>::seed(&device, 7);
-        let logits = m.forward(ids.clone(), mask.clone());
-        let loss = CrossEntropyLossConfig::new()
-            .init(&device)
-            .forward(logits.clone(), targets.clone());
-        let grads = loss.backward();
+        let (logits, grads) = fixed_backward(m);
         let adapter = m.encoder.layers[1]
             .attention
             .value
