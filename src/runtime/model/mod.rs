@@ -22,6 +22,8 @@
 //! | `classifier.rs` | [`Classifier`]: encoder + head, and how a method prepares it for training |
 
 #[cfg(feature = "cuda")]
+mod adapter_cuda;
+#[cfg(feature = "cuda")]
 mod attend_cuda;
 pub mod attention;
 pub mod attention_core;

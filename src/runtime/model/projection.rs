@@ -249,15 +249,57 @@ impl<B: Backend> Adapter<B> {
     /// when the caller has it: read when there is no dropout to apply
     /// first (made here when absent).
     ///
+    /// Training on CUDA, the update is one operation of ftl's own kernels
+    /// (`model::adapter_cuda`: one launch forward, one plus A's and B's
+    /// gradient products backward); elsewhere, and where that does not
+    /// apply, [`Adapter::product_half_by_tensor_ops`].
+    pub fn product_half(
+        &self,
+        input: Tensor<B, 3>,
+        half_input: Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
+        let (a, b) = (as_half(self.a.val()), as_half(self.b.val()));
+        #[cfg(feature = "cuda")]
+        if B::ad_enabled(&input.device()) {
+            let dropout = self.dropout.prob > 0.0;
+            let x = match &half_input {
+                Some(half) if !dropout => half,
+                _ => &input,
+            };
+            if let Some(update) =
+                super::adapter_cuda::update_half(x, &a, &b, || self.dropout.seeded())
+            {
+                return update;
+            }
+        }
+        self.update_by_tensor_ops(input, half_input, a, b)
+    }
+
+    /// [`Adapter::product_half`] composed of tensor operations (ftl's
+    /// dropout kernel on CUDA, burn's bf16 products), as it runs where the
+    /// fused operation does not apply. Public for `bench/adapter_check.rs`,
+    /// which compares the two.
+    ///
     /// The products run on the rows (`[batch·seq, d_in]`): A's and B's
     /// gradients are then one product each, where a batched product over
     /// `[batch, seq, d_in]` gave one per sequence and a reduction over the
     /// batch (two more launches per adapter and step, and the per-sequence
     /// gradients rounded to bf16 before they were summed).
-    pub fn product_half(
+    pub fn product_half_by_tensor_ops(
         &self,
         input: Tensor<B, 3>,
         half_input: Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
+        let (a, b) = (as_half(self.a.val()), as_half(self.b.val()));
+        self.update_by_tensor_ops(input, half_input, a, b)
+    }
+
+    fn update_by_tensor_ops(
+        &self,
+        input: Tensor<B, 3>,
+        half_input: Option<Tensor<B, 3>>,
+        a: Tensor<B, 2>,
+        b: Tensor<B, 2>,
     ) -> Tensor<B, 3> {
         let x = if self.dropout.prob > 0.0 && B::ad_enabled(&input.device()) {
             self.dropout.forward_to_half(input)
@@ -265,10 +307,7 @@ impl<B: Backend> Adapter<B> {
             half_input.unwrap_or_else(|| to_half(input))
         };
         let [batch, seq, d_in] = x.dims();
-        let update = x
-            .reshape([batch * seq, d_in])
-            .matmul(as_half(self.a.val()))
-            .matmul(as_half(self.b.val()));
+        let update = x.reshape([batch * seq, d_in]).matmul(a).matmul(b);
         let d_out = update.dims()[1];
         update.reshape([batch, seq, d_out])
     }
