@@ -30,8 +30,8 @@
 //!
 //! [`update_half`] says when it applies: training on ftl's CUDA backend,
 //! `x` in f32 or bf16, `A` and `B` in bf16, rank at most [`MAX_RANK`].
-//! `bench/adapter_check.rs` checks it against the composition on the same
-//! GPU.
+//! `bench/adapter_check.rs` checks it on the GPU against a host reference
+//! and against the composition.
 
 use std::any::TypeId;
 
