@@ -258,7 +258,6 @@ impl<B: Backend> Adapter<B> {
         input: Tensor<B, 3>,
         half_input: Option<Tensor<B, 3>>,
     ) -> Tensor<B, 3> {
-        let (a, b) = (as_half(self.a.val()), as_half(self.b.val()));
         #[cfg(feature = "cuda")]
         if B::ad_enabled(&input.device()) {
             let dropout = self.dropout.prob > 0.0;
@@ -266,12 +265,16 @@ impl<B: Backend> Adapter<B> {
                 Some(half) if !dropout => half,
                 _ => &input,
             };
-            if let Some(update) =
-                super::adapter_cuda::update_half(x, &a, &b, || self.dropout.seeded())
-            {
+            if let Some(update) = super::adapter_cuda::update_half(
+                x,
+                &self.a.val(),
+                &self.b.val(),
+                || self.dropout.seeded(),
+            ) {
                 return update;
             }
         }
+        let (a, b) = (as_half(self.a.val()), as_half(self.b.val()));
         self.update_by_tensor_ops(input, half_input, a, b)
     }
 
