@@ -579,10 +579,7 @@ impl Backward<Gpu, 3> for UpdateBackward {
         let rows = s.h.shape()[0];
         let d_in = s.a.shape()[0];
         let du = Gpu::float_reshape(du, Shape::new([rows, d_out]));
-        let mut outputs = vec![
-            (s.a.shape(), s.a.dtype()),
-            (s.b.shape(), s.b.dtype()),
-        ];
+        let mut outputs = vec![(s.a.shape(), s.a.dtype()), (s.b.shape(), s.b.dtype())];
         if x_node.is_some() {
             outputs.push((Shape::new([rows, d_in]), s.x_dtype));
         }

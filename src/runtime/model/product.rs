@@ -7,7 +7,8 @@
 //! directly, so the result is not rounded to bf16 first. The backward pass
 //! is burn's, in cuBLAS's products: the result's gradient cast to bf16
 //! once, `∂x = ∂y · Wᵀ` and `∂W = xᵀ · ∂y`, both bf16 (the dtypes of x and
-//! W).
+//! W). A frozen weight (LoRA's base) gets no gradient, and its input is
+//! not kept.
 
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -26,11 +27,15 @@ pub(crate) fn half_rows<I: Backend>(
     x: Tensor<Autodiff<I>, 2>,
     w: Tensor<Autodiff<I>, 2>,
 ) -> Option<Tensor<Autodiff<I>, 2>> {
+    // x is kept for W's gradient only, W for x's only: a frozen base
+    // keeps no copy of its input.
     let x = x.into_primitive().tensor();
     if !cublas::applies::<I>(&x.primitive) {
         return None;
     }
     let w = w.into_primitive().tensor();
+    // Tracked: a leaf that requires a gradient, or computed from one.
+    let keep = [&w, &x].map(|t| !t.node.requirement.is_none());
     let out = cublas::matmul::<I>(
         x.primitive.clone(),
         w.primitive.clone(),
@@ -42,7 +47,13 @@ pub(crate) fn half_rows<I: Backend>(
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((x.primitive, w.primitive), out),
+        OpsKind::Tracked(prep) => prep.finish(
+            (
+                keep[0].then_some(x.primitive),
+                keep[1].then_some(w.primitive),
+            ),
+            out,
+        ),
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
     Some(Tensor::from_primitive(TensorPrimitive::Float(out)))
@@ -53,17 +64,17 @@ pub(crate) fn half_rows<I: Backend>(
 struct RowsBackward;
 
 impl<I: Backend> Backward<I, 2> for RowsBackward {
-    type State = (FloatTensor<I>, FloatTensor<I>);
+    type State = (Option<FloatTensor<I>>, Option<FloatTensor<I>>);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [x_node, w_node] = ops.parents;
         let grad = I::float_cast(grads.consume::<I>(&ops.node), FloatDType::BF16);
         let (x, w) = ops.state;
-        if let Some(node) = w_node {
+        if let (Some(node), Some(x)) = (w_node, x) {
             let dw = cublas::matmul::<I>(x, grad.clone(), [true, false], DType::BF16);
             grads.register::<I>(node.id, dw);
         }
-        if let Some(node) = x_node {
+        if let (Some(node), Some(w)) = (x_node, w) {
             let dx = cublas::matmul::<I>(grad, w, [false, true], DType::BF16);
             grads.register::<I>(node.id, dx);
         }

@@ -52,14 +52,18 @@
 //! shaped back (`Projection::trained_rows`): added to the 3-d output,
 //! its gradient would be two reductions, one per broadcast dimension.
 //! Moving the bias took MiniLM full fine-tuning's step from 1,110 kernel
-//! launches to 1,000 (BENCHMARKS.md). Frozen weights (LoRA's
-//! and QLoRA's base) and the adapters' thin products keep the batched form:
-//! on the rows, LoRA's step launched more kernels (776 → 819): fewer
-//! products took their output cast and bias into their own kernel (49 → 31)
-//! and more casts ran alone (128 → 149). Measured again with the adapters'
-//! products on the rows too (no per-sentence gradients to sum), MPNet
-//! LoRA trained at 0.86× the speed of the batched form, taking turns on
-//! one H200 (BENCHMARKS.md).
+//! launches to 1,000 (BENCHMARKS.md).
+//!
+//! **A frozen dense base** (LoRA's, kept in bf16) multiplies the rows
+//! through cuBLAS when training on CUDA where it applies
+//! (`Projection::frozen_rows`, `model::product`): the result in f32, and
+//! in the backward pass x's gradient only, with x not kept. cubecl's
+//! kernels reached 60–90 TFLOP/s at these shapes; MPNet LoRA trained
+//! 10–13% faster through cuBLAS, taking turns with cubecl's products on
+//! one H200 (BENCHMARKS.md). Elsewhere a frozen base (QLoRA's packed one
+//! too) keeps burn's batched product: on the rows, burn's products took
+//! fewer output casts and biases into their own kernel, and LoRA's step
+//! launched more kernels (776 → 819).
 
 use std::any::TypeId;
 
@@ -117,18 +121,21 @@ pub fn rows<B: Backend>(x: Tensor<B, 3>, w: Tensor<B, 2>) -> Tensor<B, 3> {
 /// cuBLAS where it applies (`model::product`), else burn's bf16 product
 /// widened.
 fn half_rows<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Tensor<B, 2> {
+    cublas_rows(x.clone(), w.clone()).unwrap_or_else(|| to_full(x.matmul(w)))
+}
+
+/// `x · w` in f32 for bf16 rows `x` and weight `w` through cuBLAS
+/// (`model::product`), when training on CUDA where it applies; else `None`.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+fn cublas_rows<B: Backend>(x: Tensor<B, 2>, w: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     #[cfg(feature = "cuda")]
     if std::any::TypeId::of::<B>()
         == std::any::TypeId::of::<burn::backend::Autodiff<crate::runtime::backend::Gpu>>()
     {
         use crate::runtime::backend::{Gpu, same_type};
-        if let Some(out) =
-            super::product::half_rows::<Gpu>(same_type(x.clone()), same_type(w.clone()))
-        {
-            return same_type(out);
-        }
+        return super::product::half_rows::<Gpu>(same_type(x), same_type(w)).map(same_type);
     }
-    to_full(x.matmul(w))
+    None
 }
 
 /// `x` in bf16, cast only when it is not already.
@@ -265,12 +272,11 @@ impl<B: Backend> Adapter<B> {
                 Some(half) if !dropout => half,
                 _ => &input,
             };
-            if let Some(update) = super::adapter_cuda::update_half(
-                x,
-                &self.a.val(),
-                &self.b.val(),
-                || self.dropout.seeded(),
-            ) {
+            if let Some(update) =
+                super::adapter_cuda::update_half(x, &self.a.val(), &self.b.val(), || {
+                    self.dropout.seeded()
+                })
+            {
                 return update;
             }
         }
@@ -383,7 +389,10 @@ impl<B: Backend> Projection<B> {
         if let Some(out) = self.trained_rows(half.clone(), true) {
             return out;
         }
-        let mut out = to_full(self.base_product(half.clone(), true));
+        let mut out = match self.frozen_rows(half.clone()) {
+            Some(out) => out,
+            None => to_full(self.base_product(half.clone(), true)),
+        };
         if let Some(bias) = &self.bias {
             out = out + bias.val().unsqueeze();
         }
@@ -426,6 +435,21 @@ impl<B: Backend> Projection<B> {
         if let Some(bias) = &self.bias {
             out = out + bias.val().unsqueeze();
         }
+        Some(out.reshape([batch, seq, d_out]))
+    }
+
+    /// `x · W` in f32 for bf16 `x` and a frozen dense base (LoRA's, kept in
+    /// bf16) through cuBLAS on the `[batch·seq, d_in]` rows, when training
+    /// on CUDA where it applies (`model::product`: the backward pass gives
+    /// x's gradient only); `None` otherwise, and the batched product runs.
+    fn frozen_rows(&self, x: Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+        let w = self.weight.as_ref()?.val();
+        if self.packed.is_some() || w.is_require_grad() {
+            return None;
+        }
+        let [batch, seq, d_in] = x.dims();
+        let d_out = w.dims()[1];
+        let out = cublas_rows(x.reshape([batch * seq, d_in]), as_half(w))?;
         Some(out.reshape([batch, seq, d_out]))
     }
 
