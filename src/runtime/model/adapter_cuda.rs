@@ -26,8 +26,8 @@
 //! kernel sums its rows (∂h and h of its rows in shared memory, one thread
 //! per row of A or column of B), and a second kernel adds the cubes' parts
 //! in a fixed order, so a run gives the same gradients every time. burn's
-//! thin products for these took 60 µs each under the profiler, most of an
-//! adapter's backward time (BENCHMARKS.md).
+//! thin products for these, which they replace, took 60 µs each under the
+//! profiler (BENCHMARKS.md).
 //!
 //! The roundings are those of the composition where it rounds to bf16: A
 //! and B as they are read, x̃, h, u, ∂h and `∂h·Aᵀ`, with the sums in

@@ -257,9 +257,8 @@ impl<B: Backend> Adapter<B> {
     /// first (made here when absent).
     ///
     /// Training on CUDA, the update is one operation of ftl's own kernels
-    /// (`model::adapter_cuda`: one launch forward, one plus A's and B's
-    /// gradient products backward); elsewhere, and where that does not
-    /// apply, [`Adapter::product_half_by_tensor_ops`].
+    /// (`model::adapter_cuda`: one launch forward, two backward); elsewhere,
+    /// and where that does not apply, [`Adapter::product_half_by_tensor_ops`].
     pub fn product_half(
         &self,
         input: Tensor<B, 3>,
