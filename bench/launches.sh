@@ -13,7 +13,8 @@
 # Profiling waits for each kernel to finish, so the run itself is slower;
 # the counts are exact and the times are the kernels' own. Prints one JSON
 # line: launches per step, GPU milliseconds per step, the ten kernels with
-# the most time and the ten launched most often.
+# the most time and the ten launched most often; writes every kernel's
+# launches and milliseconds per step to $OUT/kernels-CONFIG.json.
 set -u
 config=$1
 n=${2:-10}
@@ -49,6 +50,10 @@ row = {"config": config, "steps": steps, "launches_per_step": round((c3 - c1) / 
        "most_launched": [{"kernel": k[:160], "launches_per_step": round((v - l1.get(k, 0)) / steps, 1)}
                          for k, v in sorted(l3.items(), key=lambda kv: -(kv[1] - l1.get(kv[0], 0)))[:10]]}
 print(json.dumps(row))
+every = sorted(((k, round((l3[k] - l1.get(k, 0)) / steps, 1), round((p3[k] - p1.get(k, 0)) / steps, 4)) for k in l3),
+               key=lambda r: -r[2])
+json.dump([{"kernel": k, "launches_per_step": c, "ms_per_step": t} for k, c, t in every if c],
+          open(f"{out}/kernels-{config}.json", "w"), indent=0)
 with open(f"{out}/launches.jsonl", "a") as f:
     f.write(json.dumps(row) + "\n")
 EOF
