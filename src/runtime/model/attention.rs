@@ -152,7 +152,7 @@ impl<B: Backend> SelfAttention<B> {
             return self.output_block(context, hidden, true);
         }
         if let Some(context) = self.adapted(hidden.clone(), bias.clone()) {
-            return self.output_block(context, hidden, false);
+            return self.output_block(context, hidden, true);
         }
         let head_dim = d_model / self.num_heads;
         let heads = |x: Tensor<B, 3>| {
@@ -185,14 +185,12 @@ impl<B: Backend> SelfAttention<B> {
     /// The output projection of the heads' `context` `[batch, heads, seq,
     /// head_dim]` (bf16 under bf16 products), its dropout, the residual
     /// `hidden` and the LayerNorm. With `merge_in_half` (after
-    /// [`SelfAttention::projected`], under bf16) the heads are merged in
-    /// bf16 and the projection reads them as they are; otherwise they are
-    /// cast to f32 for the merge and back for the product, two more
-    /// launches each way for the same values. LoRA and QLoRA keep the
-    /// second way: LoRA's context is bf16 too, and merged in bf16 it gave
-    /// bitwise the same gradients and no more device memory, but taking
-    /// turns with this way it trained no faster (MPNet LoRA 0.98×, MiniLM
-    /// LoRA 0.96×, BENCHMARKS.md).
+    /// [`SelfAttention::projected`] and [`SelfAttention::adapted`], under
+    /// bf16) the heads are merged in bf16 and the projection reads them as
+    /// they are; otherwise (QLoRA, f32) they are cast to f32 for the merge
+    /// and back for the product, three more launches each way for the same
+    /// values. LoRA's frozen output projection leaves its bias to the
+    /// LayerNorm (`Projection::frozen_product`).
     fn output_block(
         &self,
         context: Tensor<B, 4>,
@@ -202,6 +200,14 @@ impl<B: Backend> SelfAttention<B> {
         let [batch, seq, d_model] = hidden.dims();
         let projected = if self.half && merge_in_half {
             let context = context.swap_dims(1, 2).reshape([batch, seq, d_model]);
+            if let Some((product, bias)) = self.output.frozen_product(context.clone()) {
+                return self.layer_norm.forward_residual_biased(
+                    product,
+                    bias,
+                    hidden,
+                    &self.hidden_dropout,
+                );
+            }
             self.output.forward_from_half(context)
         } else {
             let context = if self.half { to_full(context) } else { context };

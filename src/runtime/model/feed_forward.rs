@@ -70,6 +70,12 @@ impl<B: Backend> FeedForward<B> {
         } else {
             gelu(inner)
         };
+        // LoRA's frozen output product: its bias added in the LayerNorm.
+        if let Some((product, bias)) = self.output.frozen_product(inner.clone()) {
+            return self
+                .layer_norm
+                .forward_residual_biased(product, bias, hidden, &self.dropout);
+        }
         self.layer_norm
             .forward_residual(self.output.forward(inner), hidden, &self.dropout)
     }

@@ -99,21 +99,48 @@ impl<B: Backend> LayerNorm<B> {
         dropout: &Dropout,
     ) -> Tensor<B, D> {
         #[cfg(feature = "cuda")]
-        let (a, residual) = match self.residual_on_kernels(a, residual, dropout) {
+        let (a, residual) = match self.residual_on_kernels(a, residual, None, dropout) {
             Ok(y) => return y,
             Err(inputs) => inputs,
         };
         self.forward(dropout.forward(a) + residual)
     }
 
+    /// `LayerNorm(dropout(a + bias) + residual)` for a frozen `bias`
+    /// (`[width]`, added to every row) and an `a` that is the f32 result of
+    /// a product of bf16 operands whose backward pass reads its gradient in
+    /// bf16 (`Projection::frozen_product`: LoRA's frozen output
+    /// projections). On ftl's kernels this is one operation: the bias is
+    /// added where the kernel reads `a`, and a's gradient is written in
+    /// bf16 for the product, where the sum and the cast were two more
+    /// launches each way. Elsewhere, [`LayerNorm::forward_residual`] of
+    /// `a + bias`; the values are the same either way.
+    pub fn forward_residual_biased<const D: usize>(
+        &self,
+        a: Tensor<B, D>,
+        bias: Tensor<B, 1>,
+        residual: Tensor<B, D>,
+        dropout: &Dropout,
+    ) -> Tensor<B, D> {
+        #[cfg(feature = "cuda")]
+        let (a, residual) = match self.residual_on_kernels(a, residual, Some(&bias), dropout) {
+            Ok(y) => return y,
+            Err(inputs) => inputs,
+        };
+        self.forward_residual(a + bias.unsqueeze(), residual, dropout)
+    }
+
     /// [`LayerNorm::forward_residual`] as ftl's kernels, where they apply;
-    /// the inputs back otherwise.
+    /// the inputs back otherwise. With a `bias`, the operation of
+    /// [`LayerNorm::forward_residual_biased`]: it applies only to a frozen
+    /// f32 bias.
     #[cfg(feature = "cuda")]
     #[allow(clippy::type_complexity)]
     fn residual_on_kernels<const D: usize>(
         &self,
         a: Tensor<B, D>,
         residual: Tensor<B, D>,
+        bias: Option<&Tensor<B, 1>>,
         dropout: &Dropout,
     ) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
         use crate::runtime::backend::Gpu;
@@ -126,7 +153,9 @@ impl<B: Backend> LayerNorm<B> {
                 self.beta.val().dtype(),
             ]
             .iter()
+            .chain(bias.map(|b| b.dtype()).as_ref())
             .any(|d| *d != DType::F32)
+            || bias.is_some_and(|b| b.is_require_grad())
         {
             return Err((a, residual));
         }
@@ -135,9 +164,17 @@ impl<B: Backend> LayerNorm<B> {
         let residual: Tensor<Autodiff<Gpu>, D> = same_type(residual);
         let gamma: Tensor<Autodiff<Gpu>, 1> = same_type(self.gamma.val());
         let beta: Tensor<Autodiff<Gpu>, 1> = same_type(self.beta.val());
+        // A frozen bias has no node: its values are all the operation needs.
+        let bias = bias.map(|b| {
+            same_type::<_, Tensor<Autodiff<Gpu>, 1>>(b.clone())
+                .into_primitive()
+                .tensor()
+                .primitive
+        });
         let y = residual_layer_norm(
             a.into_primitive().tensor(),
             residual.into_primitive().tensor(),
+            bias,
             gamma.into_primitive().tensor(),
             beta.into_primitive().tensor(),
             self.epsilon,
@@ -239,6 +276,7 @@ impl<I: Backend> Backward<I, 3> for LayerNormBackward {
                 x_node.is_some(),
                 gamma_node.is_some() || beta_node.is_some(),
                 None,
+                false,
             );
             for (node, g) in [(x_node, dx), (gamma_node, dgamma), (beta_node, dbeta)] {
                 if let (Some(node), Some(g)) = (node, g) {
@@ -305,6 +343,8 @@ fn layer_norm<I: Backend>(
 struct ResidualBackward {
     /// The dropout's draw.
     draw: Option<Seeded>,
+    /// a's gradient in bf16 (after a bias added in the kernel).
+    a_half: bool,
 }
 
 #[cfg(feature = "cuda")]
@@ -324,6 +364,7 @@ impl<I: Backend> Backward<I, 4> for ResidualBackward {
             a_node.is_some() || residual_node.is_some(),
             gamma_node.is_some() || beta_node.is_some(),
             self.draw,
+            self.a_half,
         );
         // Without dropout, a's gradient is the sum's, as the residual's.
         let da = da.or_else(|| dx.clone());
@@ -341,11 +382,12 @@ impl<I: Backend> Backward<I, 4> for ResidualBackward {
 }
 
 /// [`LayerNorm::forward_residual`] on `Autodiff<Gpu>`'s tensors, on ftl's
-/// kernels.
+/// kernels; with a (frozen) `bias`, [`LayerNorm::forward_residual_biased`].
 #[cfg(feature = "cuda")]
 fn residual_layer_norm(
     a: FloatTensor<Autodiff<crate::runtime::backend::Gpu>>,
     residual: FloatTensor<Autodiff<crate::runtime::backend::Gpu>>,
+    bias: Option<FloatTensor<crate::runtime::backend::Gpu>>,
     gamma: FloatTensor<Autodiff<crate::runtime::backend::Gpu>>,
     beta: FloatTensor<Autodiff<crate::runtime::backend::Gpu>>,
     epsilon: f64,
@@ -358,15 +400,17 @@ fn residual_layer_norm(
         gamma.node.clone(),
         beta.node.clone(),
     ];
+    let a_half = bias.is_some();
     let [normalized, deviation, y] = super::layer_norm_cuda::forward_sum::<Gpu>(
         a.primitive,
         Some(residual.primitive),
+        bias,
         gamma.primitive.clone(),
         beta.primitive,
         epsilon,
         draw,
     );
-    let op = ResidualBackward { draw };
+    let op = ResidualBackward { draw, a_half };
     match op
         .prepare::<NoCheckpointing>(nodes)
         .compute_bound()

@@ -24,6 +24,10 @@
 //! forward kernel reads it, the dropout drawn from its seed
 //! (`super::dropout`), and the backward kernel also writes a's gradient,
 //! `∂x ⊙ M / keep`, drawing the same mask again. Nothing more is kept.
+//! With a bias (`LayerNorm::forward_residual_biased`, after LoRA's frozen
+//! output projections), the forward kernel adds it to `a` first, and the
+//! backward kernel writes a's gradient in bf16, the dtype the product's
+//! backward pass reads: the addition and the cast were a launch each.
 //!
 //! [`applies`] says when they are used: on ftl's CUDA backend (fused, or
 //! the `unfused` build), with every tensor in f32. `bench/layer_norm_check.rs` checks them against the
@@ -37,7 +41,9 @@ use burn::tensor::{DType, Shape, TensorMetadata};
 use cubecl::prelude::{CubeCount, CubeDim};
 
 use crate::runtime::backend::{Gpu, same_type};
-use crate::runtime::fusion_op::{Cube, Kernels, Prim, contiguous, empty_f32, launch};
+use crate::runtime::fusion_op::{
+    Cube, Kernels, Prim, Runtime, contiguous, empty, empty_f32, launch, launch_typed,
+};
 use crate::runtime::model::dropout::Seeded;
 use crate::runtime::model::dropout_cuda::KernelDraw;
 
@@ -55,17 +61,27 @@ mod kernels {
     use crate::runtime::model::dropout_cuda::kernels::{Draw, dropped};
     use cubecl::prelude::*;
 
-    /// The normalised input at `index`: `a`, or `dropout(a) + residual`.
+    /// The normalised input at `index` (feature `column`): `a`, or
+    /// `dropout(a) + residual`, with `bias` added to `a` first when
+    /// `biased`.
+    #[allow(clippy::too_many_arguments)]
     #[cube]
     fn input(
         a: &Array<f32>,
         residual: &Array<f32>,
+        bias: &Array<f32>,
         index: usize,
+        column: usize,
         draw: &Draw,
         #[comptime] add: bool,
+        #[comptime] biased: bool,
         #[comptime] dropout: bool,
     ) -> f32 {
-        let mut x = dropped(a[index], index, draw, dropout);
+        let mut v = a[index];
+        if biased {
+            v += bias[column];
+        }
+        let mut x = dropped(v, index, draw, dropout);
         if add {
             x += residual[index];
         }
@@ -73,12 +89,14 @@ mod kernels {
     }
 
     /// One row per warp: `normalized`, `y`, and the row's `deviation`, of
-    /// `a` or (with `add`) of `dropout(a) + residual`.
+    /// `a` or (with `add`) of `dropout(a) + residual`; with `biased`, `a`
+    /// is `a + bias` (a bias per feature).
     #[allow(clippy::too_many_arguments)]
     #[cube(launch_unchecked)]
     pub(super) fn forward(
         a: &Array<f32>,
         residual: &Array<f32>,
+        bias: &Array<f32>,
         gamma: &Array<f32>,
         beta: &Array<f32>,
         y: &mut Array<f32>,
@@ -92,6 +110,7 @@ mod kernels {
         inv_width: f32,
         epsilon: f32,
         #[comptime] add: bool,
+        #[comptime] biased: bool,
         #[comptime] dropout: bool,
     ) {
         let draw = Draw {
@@ -110,7 +129,7 @@ mod kernels {
                 if i >= width {
                     break;
                 }
-                total += input(a, residual, start + i, &draw, add, dropout);
+                total += input(a, residual, bias, start + i, i, &draw, add, biased, dropout);
                 i += lanes;
             }
             let mean = plane_sum(total) * inv_width;
@@ -120,7 +139,7 @@ mod kernels {
                 if i >= width {
                     break;
                 }
-                let c = input(a, residual, start + i, &draw, add, dropout) - mean;
+                let c = input(a, residual, bias, start + i, i, &draw, add, biased, dropout) - mean;
                 squares += c * c;
                 i += lanes;
             }
@@ -130,7 +149,9 @@ mod kernels {
                 if i >= width {
                     break;
                 }
-                let n = (input(a, residual, start + i, &draw, add, dropout) - mean) / sigma;
+                let n = (input(a, residual, bias, start + i, i, &draw, add, biased, dropout)
+                    - mean)
+                    / sigma;
                 normalized[start + i] = n;
                 y[start + i] = n * gamma[i] + beta[i];
                 i += lanes;
@@ -141,17 +162,18 @@ mod kernels {
         }
     }
 
-    /// One row per warp: the input's gradient, and (with `dropout`) the
-    /// gradient of the dropout's input, `∂x ⊙ M / keep`.
+    /// One row per warp: the input's gradient, and (with `write_a`) the
+    /// gradient of the dropout's input, `∂x ⊙ M / keep` (`∂x` without
+    /// `dropout`), in `D`.
     #[allow(clippy::too_many_arguments)]
     #[cube(launch_unchecked)]
-    pub(super) fn backward_input(
+    pub(super) fn backward_input<D: Float>(
         grad: &Array<f32>,
         normalized: &Array<f32>,
         deviation: &Array<f32>,
         gamma: &Array<f32>,
         dx: &mut Array<f32>,
-        da: &mut Array<f32>,
+        da: &mut Array<D>,
         seed: u32,
         threshold: u32,
         inv_keep: f32,
@@ -159,6 +181,8 @@ mod kernels {
         width: usize,
         inv_width: f32,
         #[comptime] dropout: bool,
+        #[comptime] write_a: bool,
+        #[define(D)] _dtype: StorageType,
     ) {
         let draw = Draw {
             seed,
@@ -194,8 +218,8 @@ mod kernels {
                 let g = grad[index] * gamma[i];
                 let d = (g - mean - normalized[index] * mean_dot) / sigma;
                 dx[index] = d;
-                if dropout {
-                    da[index] = dropped(d, index, &draw, dropout);
+                if write_a {
+                    da[index] = D::cast_from(dropped(d, index, &draw, dropout));
                 }
                 i += lanes;
             }
@@ -288,6 +312,9 @@ struct Forward {
     epsilon: f32,
     /// Whether a residual (the fourth input) is added after the dropout.
     add: bool,
+    /// Whether a bias per feature (the last input) is added to `a` before
+    /// the dropout.
+    biased: bool,
     draw: KernelDraw,
 }
 
@@ -297,6 +324,11 @@ impl Kernels for Forward {
         let mut next = || inputs.next().expect("a, γ, β");
         let [a, gamma, beta] = [next(), next(), next()];
         let residual = if self.add {
+            next()
+        } else {
+            empty_f32(&a, Shape::new([1]))
+        };
+        let bias = if self.biased {
             next()
         } else {
             empty_f32(&a, Shape::new([1]))
@@ -311,7 +343,8 @@ impl Kernels for Forward {
         let deviation = empty_f32(&a, per_row);
         // SAFETY: `row < rows` and `i < width` bound every index: a, the
         // residual (read only with `add`), y and normalized hold rows ×
-        // width values, γ and β width, deviation rows.
+        // width values, γ, β and the bias (read only with `biased`) width,
+        // deviation rows.
         unsafe {
             kernels::forward::launch_unchecked(
                 &a.client,
@@ -319,6 +352,7 @@ impl Kernels for Forward {
                 CubeDim::new_2d(LANES, ROWS_PER_CUBE),
                 a.clone().into_array_arg(),
                 residual.into_array_arg(),
+                bias.into_array_arg(),
                 gamma.into_array_arg(),
                 beta.into_array_arg(),
                 y.clone().into_array_arg(),
@@ -332,6 +366,7 @@ impl Kernels for Forward {
                 1.0 / width as f32,
                 self.epsilon,
                 self.add,
+                self.biased,
                 self.draw.dropout,
             )
         };
@@ -348,15 +383,18 @@ pub(crate) fn forward<I: Backend>(
     beta: FloatTensor<I>,
     epsilon: f64,
 ) -> [FloatTensor<I>; 3] {
-    forward_sum::<I>(x, None, gamma, beta, epsilon, None)
+    forward_sum::<I>(x, None, None, gamma, beta, epsilon, None)
 }
 
-/// [`forward`] of `dropout(a) + residual` (`draw`: the dropout's seed and
-/// keep probability), the sum made where the kernel reads it. Call only
-/// where [`applies`] said so.
+/// [`forward`] of `dropout(a + bias) + residual` (`draw`: the dropout's
+/// seed and keep probability; `bias` `[width]`, added to every row), the
+/// sum made where the kernel reads it. Call only where [`applies`] said
+/// so.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_sum<I: Backend>(
     a: FloatTensor<I>,
     residual: Option<FloatTensor<I>>,
+    bias: Option<FloatTensor<I>>,
     gamma: FloatTensor<I>,
     beta: FloatTensor<I>,
     epsilon: f64,
@@ -367,8 +405,10 @@ pub(crate) fn forward_sum<I: Backend>(
     let last = deviation.num_dims() - 1;
     deviation[last] = 1;
     let add = residual.is_some();
+    let biased = bias.is_some();
     let mut inputs = vec![prim::<I>(a), prim::<I>(gamma), prim::<I>(beta)];
     inputs.extend(residual.map(prim::<I>));
+    inputs.extend(bias.map(prim::<I>));
     let out = launch(
         if add {
             "ftl_residual_layer_norm"
@@ -380,6 +420,7 @@ pub(crate) fn forward_sum<I: Backend>(
         Forward {
             epsilon: epsilon as f32,
             add,
+            biased,
             draw: KernelDraw::new(draw),
         },
     );
@@ -394,6 +435,9 @@ struct Backward {
     input: bool,
     parameters: bool,
     draw: KernelDraw,
+    /// a's gradient, when it is written (with a dropout, or asked for in
+    /// bf16), and its dtype.
+    a_grad: Option<DType>,
 }
 
 impl Kernels for Backward {
@@ -410,16 +454,16 @@ impl Kernels for Backward {
         let mut outputs = Vec::new();
         if self.input {
             let dx = empty_f32(&grad, shape.clone());
-            let da = if self.draw.dropout {
-                empty_f32(&grad, shape.clone())
-            } else {
-                empty_f32(&grad, Shape::new([1]))
+            let da = match self.a_grad {
+                Some(dtype) => empty(&grad, shape.clone(), dtype),
+                None => empty_f32(&grad, Shape::new([1])),
             };
+            let da_dtype = da.dtype;
             // SAFETY: `row < rows` and `i < width` bound every index, as in
-            // the forward pass; `da` is written only with `dropout`, when
-            // it holds rows × width values.
+            // the forward pass; `da` is written only with `a_grad`, when it
+            // holds rows × width values.
             unsafe {
-                kernels::backward_input::launch_unchecked(
+                kernels::backward_input::launch_unchecked::<Runtime>(
                     &grad.client,
                     row_cubes(rows),
                     CubeDim::new_2d(LANES, ROWS_PER_CUBE),
@@ -436,10 +480,12 @@ impl Kernels for Backward {
                     width,
                     1.0 / width as f32,
                     self.draw.dropout,
+                    self.a_grad.is_some(),
+                    da_dtype.into(),
                 )
             };
             outputs.push(dx);
-            if self.draw.dropout {
+            if self.a_grad.is_some() {
                 outputs.push(da);
             }
         }
@@ -484,8 +530,10 @@ impl Kernels for Backward {
 /// The gradients of x (when `input`) and of γ and β (when `parameters`),
 /// from the output's gradient and the forward pass's normalised input and
 /// deviation. γ may have any shape holding the features in order. With
-/// `draw` (x was `dropout(a) + residual`), also a's gradient, second. Call
-/// only where [`applies`] said so.
+/// `draw` (x was `dropout(a) + residual`), also a's gradient, second; with
+/// `a_half`, a's gradient second in bf16, with or without a draw. Call only
+/// where [`applies`] said so.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn backward<I: Backend>(
     grad: FloatTensor<I>,
     normalized: FloatTensor<I>,
@@ -494,23 +542,29 @@ pub(crate) fn backward<I: Backend>(
     input: bool,
     parameters: bool,
     draw: Option<Seeded>,
+    a_half: bool,
 ) -> [Option<FloatTensor<I>>; 4] {
     if !input && !parameters {
         return [None, None, None, None];
     }
+    let a_grad = if a_half {
+        Some(DType::BF16)
+    } else {
+        draw.map(|_| DType::F32)
+    };
     let shape = grad.shape();
     let width = shape[shape.num_dims() - 1];
     let mut shapes = Vec::new();
     if input {
-        shapes.push(shape.clone());
-        if draw.is_some() {
-            shapes.push(shape);
+        shapes.push((shape.clone(), DType::F32));
+        if let Some(dtype) = a_grad {
+            shapes.push((shape, dtype));
         }
     }
     if parameters {
-        shapes.extend([Shape::new([width]), Shape::new([width])]);
+        shapes.extend([Shape::new([width]), Shape::new([width])].map(|s| (s, DType::F32)));
     }
-    let out = launch(
+    let out = launch_typed(
         "ftl_layer_norm_backward",
         [grad, normalized, deviation, gamma]
             .into_iter()
@@ -521,11 +575,12 @@ pub(crate) fn backward<I: Backend>(
             input,
             parameters,
             draw: KernelDraw::new(draw),
+            a_grad,
         },
     );
     let mut out = out.into_iter().map(back::<I>);
     let dx = if input { out.next() } else { None };
-    let da = if input && draw.is_some() {
+    let da = if input && a_grad.is_some() {
         out.next()
     } else {
         None

@@ -6,7 +6,7 @@
 //! bias (burn fuses the two into its matrix kernel). cuBLAS writes f32
 //! directly, so the result is not rounded to bf16 first. The backward pass
 //! is burn's, in cuBLAS's products: the result's gradient cast to bf16
-//! once, `∂x = ∂y · Wᵀ` and `∂W = xᵀ · ∂y`, both bf16 (the dtypes of x and
+//! once (unless it comes in bf16), `∂x = ∂y · Wᵀ` and `∂W = xᵀ · ∂y`, both bf16 (the dtypes of x and
 //! W). A frozen weight (LoRA's base) gets no gradient, and its input is
 //! not kept.
 
@@ -17,7 +17,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, FloatDType, TensorPrimitive};
+use burn::tensor::{DType, FloatDType, TensorMetadata, TensorPrimitive};
 
 use crate::runtime::cublas;
 
@@ -68,7 +68,13 @@ impl<I: Backend> Backward<I, 2> for RowsBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [x_node, w_node] = ops.parents;
-        let grad = I::float_cast(grads.consume::<I>(&ops.node), FloatDType::BF16);
+        // Cast unless it comes in bf16 (`LayerNorm::forward_residual_biased`).
+        let grad = grads.consume::<I>(&ops.node);
+        let grad = if grad.dtype() == DType::BF16 {
+            grad
+        } else {
+            I::float_cast(grad, FloatDType::BF16)
+        };
         let (x, w) = ops.state;
         if let (Some(node), Some(x)) = (w_node, x) {
             let dw = cublas::matmul::<I>(x, grad.clone(), [true, false], DType::BF16);

@@ -452,6 +452,24 @@ impl<B: Backend> Projection<B> {
         Some(out.reshape([batch, seq, d_out]))
     }
 
+    /// `x · W` in f32 for bf16 `x` and a frozen dense base (LoRA's, kept
+    /// in bf16) through cuBLAS, as [`Projection::frozen_rows`], without the
+    /// layer's bias, and that bias: for the block's LayerNorm to add where
+    /// it reads the product (`LayerNorm::forward_residual_biased`), which
+    /// also gives the product's gradient in bf16, as its backward pass
+    /// reads it. `None` for a layer with an adapter, a bias that trains, or
+    /// none, products in f32, or where cuBLAS does not take the product.
+    pub fn frozen_product(&self, x: Tensor<B, 3>) -> Option<(Tensor<B, 3>, Tensor<B, 1>)> {
+        if !self.half || self.adapter.is_some() {
+            return None;
+        }
+        let bias = self.bias.as_ref()?.val();
+        if bias.is_require_grad() {
+            return None;
+        }
+        Some((self.frozen_rows(x)?, bias))
+    }
+
     /// The weight of a trained dense layer without an adapter; `None` for
     /// any other layer.
     fn trained_weight(&self) -> Option<Tensor<B, 2>> {
