@@ -855,19 +855,26 @@ impl<I: Backend> Backward<I, 11> for ProjectedBackward {
 /// `op(a) · op(b)` of 2-D tensors in their dtype, `op` transposing where
 /// asked: through cuBLAS where it applies (`runtime::cublas`), else
 /// burn's product.
-fn product<I: Backend>(
+fn product<I: Backend>(a: FloatTensor<I>, b: FloatTensor<I>, t: [bool; 2]) -> FloatTensor<I> {
+    let dtype = a.dtype().into();
+    product_in::<I>(a, b, t, dtype)
+}
+
+/// [`product`] written in `out`: cuBLAS writes it directly (an f32 result
+/// of bf16 operands is not rounded to bf16 first); burn's product is cast.
+fn product_in<I: Backend>(
     a: FloatTensor<I>,
     b: FloatTensor<I>,
     [ta, tb]: [bool; 2],
+    out: FloatDType,
 ) -> FloatTensor<I> {
     #[cfg(feature = "cuda")]
     if crate::runtime::cublas::applies::<I>(&a) {
-        let dtype = a.dtype();
-        return crate::runtime::cublas::matmul::<I>(a, b, [ta, tb], dtype);
+        return crate::runtime::cublas::matmul::<I>(a, b, [ta, tb], out.into());
     }
     let a = if ta { I::float_swap_dims(a, 0, 1) } else { a };
     let b = if tb { I::float_swap_dims(b, 0, 1) } else { b };
-    I::float_matmul(a, b)
+    qkv::cast::<I>(I::float_matmul(a, b), out)
 }
 
 /// The gradients of x, the three weights and the three biases (those with
@@ -905,8 +912,9 @@ fn projection_gradients<I: Backend>(
         }
     }
     if let Some(node) = x_node {
-        let dx = product::<I>(dy, packed, [false, true]);
-        let dx = I::float_reshape(qkv::cast::<I>(dx, x_dtype), Shape::new(x_shape));
+        // In x's dtype directly (f32 under bf16 products: no cast after).
+        let dx = product_in::<I>(dy, packed, [false, true], x_dtype);
+        let dx = I::float_reshape(dx, Shape::new(x_shape));
         grads.register::<I>(node, dx);
     }
 }
