@@ -30,6 +30,10 @@
 //! those cases, numbered from 1)
 
 #[cfg(feature = "cuda")]
+#[path = "values.rs"]
+mod values;
+
+#[cfg(feature = "cuda")]
 fn main() {
     use burn::backend::Autodiff;
     use burn::module::Param;
@@ -41,16 +45,7 @@ fn main() {
 
     type Train = Autodiff<Gpu>;
 
-    /// Values that differ from one element to the next, in
-    /// [offset − scale, offset + scale).
-    fn values(n: usize, seed: usize, offset: f32, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let x = ((i * 7919 + seed * 104_729) % 10_007) as f32 / 10_007.0;
-                offset + (x * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
+    use values::values;
 
     struct Case {
         name: &'static str,

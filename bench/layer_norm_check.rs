@@ -26,6 +26,10 @@
 //! `cargo run --release --features cuda --example layer_norm_check`
 
 #[cfg(feature = "cuda")]
+#[path = "values.rs"]
+mod values;
+
+#[cfg(feature = "cuda")]
 fn main() {
     use burn::backend::Autodiff;
     use burn::module::Param;
@@ -34,16 +38,7 @@ fn main() {
     use ftl::runtime::model::dropout::{Draws, Dropout, draw, threshold};
     use ftl::runtime::model::layer_norm::LayerNorm;
 
-    /// Values that differ from one element to the next, the same on every
-    /// device, in [offset − scale, offset + scale).
-    fn values(n: usize, seed: usize, offset: f32, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let x = ((i * 7919 + seed * 104_729) % 10_007) as f32 / 10_007.0;
-                offset + (x * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
+    use values::values;
 
     struct Case {
         name: &'static str,
