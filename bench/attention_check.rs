@@ -345,6 +345,9 @@ fn projected_run<I: Backend>(
                 } else {
                     [None, None, None]
                 },
+                // Under bf16, x's bf16 copy as the LayerNorm before writes
+                // it: a constant, so x's gradient must still reach x.
+                input_copy: half.then(|| x.clone().detach().cast(FloatDType::BF16)),
             };
             own_projected::<I>(
                 x.clone(),

@@ -75,7 +75,12 @@ impl<B: Backend> SelfAttention<B> {
     /// under bf16 products, when the query, key and value layers are all
     /// trained dense layers with biases and no adapter (full fine-tuning).
     /// `None` otherwise: the layers then project one by one.
-    fn projected(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+    fn projected(
+        &self,
+        hidden: Tensor<B, 3>,
+        copy: Option<Tensor<B, 3>>,
+        bias: Tensor<B, 4>,
+    ) -> Option<Tensor<B, 4>> {
         if !self.half {
             return None;
         }
@@ -86,6 +91,7 @@ impl<B: Backend> SelfAttention<B> {
             weights: [wq, wk, wv],
             biases: [bq, bk, bv],
             deltas: [None, None, None],
+            input_copy: copy,
         };
         projected(
             hidden,
@@ -103,7 +109,12 @@ impl<B: Backend> SelfAttention<B> {
     /// them carry adapters. The three bases are one product; each adapter's
     /// update is added where the layer adds it (`qkv::split_adapted`).
     /// `None` otherwise.
-    fn adapted(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+    fn adapted(
+        &self,
+        hidden: Tensor<B, 3>,
+        copy: Option<Tensor<B, 3>>,
+        bias: Tensor<B, 4>,
+    ) -> Option<Tensor<B, 4>> {
         let layers = [&self.query, &self.key, &self.value];
         if !self.half
             || !B::ad_enabled(&hidden.device())
@@ -115,6 +126,8 @@ impl<B: Backend> SelfAttention<B> {
         let (wk, bk) = self.key.frozen_half_parts()?;
         let (wv, bv) = self.value.frozen_half_parts()?;
         let [batch, seq, _] = hidden.dims();
+        // The adapters read the tracked input, not the copy: their input's
+        // gradient is theirs to give.
         let deltas = layers.map(|p| {
             p.adapter.as_ref().map(|a| {
                 let update = a.product_half(hidden.clone(), None);
@@ -126,6 +139,7 @@ impl<B: Backend> SelfAttention<B> {
             weights: [wq, wk, wv],
             biases: [bq, bk, bv],
             deltas,
+            input_copy: copy,
         };
         projected(
             hidden,
@@ -135,6 +149,16 @@ impl<B: Backend> SelfAttention<B> {
             &self.attention_dropout,
             true,
         )
+    }
+
+    /// Whether [`SelfAttention::forward_copied`] reads a bf16 copy of its
+    /// input: under bf16 products with dense query, key and value layers
+    /// (one product for the three, full fine-tuning or LoRA).
+    pub fn reads_copy(&self) -> bool {
+        self.half
+            && [&self.query, &self.key, &self.value]
+                .iter()
+                .all(|p| p.weight.is_some() && p.packed.is_none())
     }
 
     /// Replaces both dropout probabilities (attention and output).
@@ -147,12 +171,26 @@ impl<B: Backend> SelfAttention<B> {
     /// `[batch, heads, seq, seq]` (a padding mask is `[batch, 1, 1, seq]`)
     /// → `[batch, seq, d_model]`.
     pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.forward_copied(hidden, None, bias, false).0
+    }
+
+    /// [`SelfAttention::forward`] given `copy`, the input in bf16 where the
+    /// block before wrote it (read by the query, key and value product in
+    /// place of a cast), and giving the output in bf16 too with `copy_out`
+    /// (`LayerNorm::forward_residual_copied`).
+    pub fn forward_copied(
+        &self,
+        hidden: Tensor<B, 3>,
+        copy: Option<Tensor<B, 3>>,
+        bias: Tensor<B, 4>,
+        copy_out: bool,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 3>>) {
         let [batch, seq, d_model] = hidden.dims();
-        if let Some(context) = self.projected(hidden.clone(), bias.clone()) {
-            return self.output_block(context, hidden, true);
+        if let Some(context) = self.projected(hidden.clone(), copy.clone(), bias.clone()) {
+            return self.output_block(context, hidden, true, copy_out);
         }
-        if let Some(context) = self.adapted(hidden.clone(), bias.clone()) {
-            return self.output_block(context, hidden, true);
+        if let Some(context) = self.adapted(hidden.clone(), copy, bias.clone()) {
+            return self.output_block(context, hidden, true, copy_out);
         }
         let head_dim = d_model / self.num_heads;
         let heads = |x: Tensor<B, 3>| {
@@ -179,7 +217,7 @@ impl<B: Backend> SelfAttention<B> {
         };
 
         let context = attention(query, key, value, bias, &self.attention_dropout, self.half);
-        self.output_block(context, hidden, false)
+        self.output_block(context, hidden, false, copy_out)
     }
 
     /// The output projection of the heads' `context` `[batch, heads, seq,
@@ -190,22 +228,25 @@ impl<B: Backend> SelfAttention<B> {
     /// they are; otherwise (QLoRA, f32) they are cast to f32 for the merge
     /// and back for the product, three more launches each way for the same
     /// values. LoRA's frozen output projection leaves its bias to the
-    /// LayerNorm (`Projection::frozen_product`).
+    /// LayerNorm (`Projection::frozen_product`). With `copy_out`, the
+    /// LayerNorm gives its output in bf16 too, where its kernels apply.
     fn output_block(
         &self,
         context: Tensor<B, 4>,
         hidden: Tensor<B, 3>,
         merge_in_half: bool,
-    ) -> Tensor<B, 3> {
+        copy_out: bool,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 3>>) {
         let [batch, seq, d_model] = hidden.dims();
         let projected = if self.half && merge_in_half {
             let context = context.swap_dims(1, 2).reshape([batch, seq, d_model]);
             if let Some((product, bias)) = self.output.frozen_product(context.clone()) {
-                return self.layer_norm.forward_residual_biased(
+                return self.layer_norm.forward_residual_biased_copied(
                     product,
                     bias,
                     hidden,
                     &self.hidden_dropout,
+                    copy_out,
                 );
             }
             self.output.forward_from_half(context)
@@ -215,6 +256,6 @@ impl<B: Backend> SelfAttention<B> {
             self.output.forward(context)
         };
         self.layer_norm
-            .forward_residual(projected, hidden, &self.hidden_dropout)
+            .forward_residual_copied(projected, hidden, &self.hidden_dropout, copy_out)
     }
 }

@@ -202,6 +202,10 @@ pub struct Projections<B: Backend> {
     /// Each adapted projection's adapter update `[batch·seq, d_model]`
     /// (unscaled, in the products' dtype) and its scale.
     pub deltas: [Option<(Tensor<B, 2>, f64)>; 3],
+    /// The input already in the products' dtype, where the block before
+    /// wrote it (`LayerNorm::forward_residual_copied`): a constant, read in
+    /// place of a cast of x (x's gradient is x's, as without it).
+    pub input_copy: Option<Tensor<B, 3>>,
 }
 
 impl<B: Backend> Projections<B> {
@@ -210,6 +214,7 @@ impl<B: Backend> Projections<B> {
             weights: self.weights.map(same_type),
             biases: self.biases.map(same_type),
             deltas: self.deltas.map(|d| d.map(|(t, s)| (same_type(t), s))),
+            input_copy: self.input_copy.map(same_type),
         }
     }
 }
@@ -314,6 +319,10 @@ pub fn own_projected<I: Backend>(
     let deltas = projections
         .deltas
         .map(|d| d.map(|(t, scale)| (t.into_primitive().tensor(), scale)));
+    let copy = projections
+        .input_copy
+        .map(|c| c.into_primitive().tensor().primitive)
+        .filter(|c| c.dtype() == dtype.into() && c.shape() == x.primitive.shape());
     let bias = bias.into_primitive().tensor();
     // A part without an update names x's node in its place; its scale is
     // `None` and the backward pass gives that place nothing.
@@ -338,7 +347,7 @@ pub fn own_projected<I: Backend>(
     let scales = [0, 1, 2].map(|t| deltas[t].as_ref().map(|(_, s)| *s));
     let x_dtype = x.primitive.dtype().into();
     let rows = I::float_reshape(
-        qkv::cast::<I>(x.primitive, dtype),
+        copy.unwrap_or_else(|| qkv::cast::<I>(x.primitive, dtype)),
         Shape::new([batch * seq, d_in]),
     );
     let packed = qkv::pack::<I>(weights.map(|w| w.primitive), dtype);
@@ -1137,6 +1146,7 @@ mod tests {
             let att_bias = leaf(&bias, [b, h, s, s]);
             let y = if fused {
                 let projections = Projections {
+                    input_copy: None,
                     weights: [w[0].clone(), w[1].clone(), w[2].clone()],
                     biases: [bb[0].clone(), bb[1].clone(), bb[2].clone()],
                     deltas: [None, None, None],
@@ -1272,6 +1282,7 @@ mod tests {
             let used = [Some(0), None, Some(1)];
             let y = if fused {
                 let projections = Projections {
+                    input_copy: None,
                     weights: [w[0].clone(), w[1].clone(), w[2].clone()],
                     biases: [bb[0].clone(), bb[1].clone(), bb[2].clone()],
                     deltas: used.map(|i| i.map(|i| (half_if(u[i].clone()), scales[i]))),

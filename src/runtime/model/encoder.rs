@@ -103,8 +103,15 @@ impl<B: Backend> Encoder<B> {
         }
         let bias = bias.expand([batch as i64, -1, seq as i64, seq as i64]);
         let mut hidden = self.embeddings.forward(input_ids);
-        for layer in &self.layers {
-            hidden = layer.forward(hidden, bias.clone());
+        // A layer's output in bf16 as well, where the next layer's
+        // products read it (`LayerNorm::forward_residual_copied`).
+        let mut copy = None;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let wanted = self
+                .layers
+                .get(i + 1)
+                .is_some_and(|next| next.attention.reads_copy());
+            (hidden, copy) = layer.forward_copied(hidden, copy, bias.clone(), wanted);
         }
         hidden
     }

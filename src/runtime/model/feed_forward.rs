@@ -64,7 +64,20 @@ impl<B: Backend> FeedForward<B> {
     /// size of an f32 one, and its bf16 output is what the product reads,
     /// with no cast between them.
     pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
-        let inner = self.intermediate.forward(hidden.clone());
+        self.forward_copied(hidden, None, false).0
+    }
+
+    /// [`FeedForward::forward`] given the input in bf16 where the block
+    /// before wrote it (`copy`, read by the first product), and giving the
+    /// output in bf16 too with `copy_out`
+    /// (`LayerNorm::forward_residual_copied`).
+    pub fn forward_copied(
+        &self,
+        hidden: Tensor<B, 3>,
+        copy: Option<Tensor<B, 3>>,
+        copy_out: bool,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 3>>) {
+        let inner = self.intermediate.forward_copied(hidden.clone(), copy);
         let inner = if self.output.half {
             gelu(to_half(inner))
         } else {
@@ -72,12 +85,20 @@ impl<B: Backend> FeedForward<B> {
         };
         // LoRA's frozen output product: its bias added in the LayerNorm.
         if let Some((product, bias)) = self.output.frozen_product(inner.clone()) {
-            return self
-                .layer_norm
-                .forward_residual_biased(product, bias, hidden, &self.dropout);
+            return self.layer_norm.forward_residual_biased_copied(
+                product,
+                bias,
+                hidden,
+                &self.dropout,
+                copy_out,
+            );
         }
-        self.layer_norm
-            .forward_residual(self.output.forward(inner), hidden, &self.dropout)
+        self.layer_norm.forward_residual_copied(
+            self.output.forward(inner),
+            hidden,
+            &self.dropout,
+            copy_out,
+        )
     }
 }
 

@@ -42,7 +42,24 @@ impl<B: Backend> EncoderLayer<B> {
     /// hidden: `[batch, seq, d_model]`; bias: broadcastable to `[batch, heads, seq, seq]`
     /// → `[batch, seq, d_model]`.
     pub fn forward(&self, hidden: Tensor<B, 3>, bias: Tensor<B, 4>) -> Tensor<B, 3> {
-        self.feed_forward
-            .forward(self.attention.forward(hidden, bias))
+        self.forward_copied(hidden, None, bias, false).0
+    }
+
+    /// [`EncoderLayer::forward`] given `copy`, the input in bf16 where the
+    /// layer before wrote it, and giving the output in bf16 too with
+    /// `copy_out`, where the kernels write both (see
+    /// `LayerNorm::forward_residual_copied`). Each copy is a constant: read
+    /// only by products that give their input's gradient to the f32
+    /// tensor.
+    pub fn forward_copied(
+        &self,
+        hidden: Tensor<B, 3>,
+        copy: Option<Tensor<B, 3>>,
+        bias: Tensor<B, 4>,
+        copy_out: bool,
+    ) -> (Tensor<B, 3>, Option<Tensor<B, 3>>) {
+        let wanted = self.feed_forward.intermediate.reads_copy();
+        let (hidden, copy) = self.attention.forward_copied(hidden, copy, bias, wanted);
+        self.feed_forward.forward_copied(hidden, copy, copy_out)
     }
 }

@@ -98,12 +98,29 @@ impl<B: Backend> LayerNorm<B> {
         residual: Tensor<B, D>,
         dropout: &Dropout,
     ) -> Tensor<B, D> {
+        self.forward_residual_copied(a, residual, dropout, false).0
+    }
+
+    /// [`LayerNorm::forward_residual`], and with `copy`, on ftl's kernels,
+    /// the output in bf16 as well, for the next block's bf16 product to
+    /// read: the kernel writes both, where a cast after it is a launch of
+    /// its own. The copy is a constant (no gradient flows through it: the
+    /// product that reads it gives its input's gradient to the f32
+    /// output). `None` elsewhere, or without `copy`.
+    pub fn forward_residual_copied<const D: usize>(
+        &self,
+        a: Tensor<B, D>,
+        residual: Tensor<B, D>,
+        dropout: &Dropout,
+        copy: bool,
+    ) -> (Tensor<B, D>, Option<Tensor<B, D>>) {
         #[cfg(feature = "cuda")]
-        let (a, residual) = match self.residual_on_kernels(a, residual, None, dropout) {
+        let (a, residual) = match self.residual_on_kernels(a, residual, None, dropout, copy) {
             Ok(y) => return y,
             Err(inputs) => inputs,
         };
-        self.forward(dropout.forward(a) + residual)
+        let _ = copy;
+        (self.forward(dropout.forward(a) + residual), None)
     }
 
     /// `LayerNorm(dropout(a + bias) + residual)` for a frozen `bias`
@@ -122,16 +139,31 @@ impl<B: Backend> LayerNorm<B> {
         residual: Tensor<B, D>,
         dropout: &Dropout,
     ) -> Tensor<B, D> {
+        self.forward_residual_biased_copied(a, bias, residual, dropout, false)
+            .0
+    }
+
+    /// [`LayerNorm::forward_residual_biased`] with the bf16 copy of
+    /// [`LayerNorm::forward_residual_copied`].
+    pub fn forward_residual_biased_copied<const D: usize>(
+        &self,
+        a: Tensor<B, D>,
+        bias: Tensor<B, 1>,
+        residual: Tensor<B, D>,
+        dropout: &Dropout,
+        copy: bool,
+    ) -> (Tensor<B, D>, Option<Tensor<B, D>>) {
         #[cfg(feature = "cuda")]
-        let (a, residual) = match self.residual_on_kernels(a, residual, Some(&bias), dropout) {
+        let (a, residual) = match self.residual_on_kernels(a, residual, Some(&bias), dropout, copy)
+        {
             Ok(y) => return y,
             Err(inputs) => inputs,
         };
-        self.forward_residual(a + bias.unsqueeze(), residual, dropout)
+        self.forward_residual_copied(a + bias.unsqueeze(), residual, dropout, copy)
     }
 
-    /// [`LayerNorm::forward_residual`] as ftl's kernels, where they apply;
-    /// the inputs back otherwise. With a `bias`, the operation of
+    /// [`LayerNorm::forward_residual_copied`] as ftl's kernels, where they
+    /// apply; the inputs back otherwise. With a `bias`, the operation of
     /// [`LayerNorm::forward_residual_biased`]: it applies only to a frozen
     /// f32 bias.
     #[cfg(feature = "cuda")]
@@ -142,7 +174,8 @@ impl<B: Backend> LayerNorm<B> {
         residual: Tensor<B, D>,
         bias: Option<&Tensor<B, 1>>,
         dropout: &Dropout,
-    ) -> Result<Tensor<B, D>, (Tensor<B, D>, Tensor<B, D>)> {
+        copy: bool,
+    ) -> Result<(Tensor<B, D>, Option<Tensor<B, D>>), (Tensor<B, D>, Tensor<B, D>)> {
         use crate::runtime::backend::Gpu;
         use burn::tensor::DType;
         if TypeId::of::<B>() != TypeId::of::<Autodiff<Gpu>>()
@@ -171,7 +204,7 @@ impl<B: Backend> LayerNorm<B> {
                 .tensor()
                 .primitive
         });
-        let y = residual_layer_norm(
+        let (y, copy) = residual_layer_norm(
             a.into_primitive().tensor(),
             residual.into_primitive().tensor(),
             bias,
@@ -179,10 +212,15 @@ impl<B: Backend> LayerNorm<B> {
             beta.into_primitive().tensor(),
             self.epsilon,
             draw,
+            copy,
         );
-        Ok(same_type(Tensor::<Autodiff<Gpu>, D>::from_primitive(
-            TensorPrimitive::Float(y),
-        )))
+        let y = Tensor::<Autodiff<Gpu>, D>::from_primitive(TensorPrimitive::Float(y));
+        let copy = copy.map(|c| {
+            Tensor::<Autodiff<Gpu>, D>::from_inner(Tensor::from_primitive(TensorPrimitive::Float(
+                c,
+            )))
+        });
+        Ok((same_type(y), copy.map(same_type)))
     }
 
     /// The operation with its own backward pass, when `B` is `Autodiff<I>`;
@@ -382,8 +420,10 @@ impl<I: Backend> Backward<I, 4> for ResidualBackward {
 }
 
 /// [`LayerNorm::forward_residual`] on `Autodiff<Gpu>`'s tensors, on ftl's
-/// kernels; with a (frozen) `bias`, [`LayerNorm::forward_residual_biased`].
+/// kernels; with a (frozen) `bias`, [`LayerNorm::forward_residual_biased`];
+/// with `copy`, also the output in bf16, untracked.
 #[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn residual_layer_norm(
     a: FloatTensor<Autodiff<crate::runtime::backend::Gpu>>,
     residual: FloatTensor<Autodiff<crate::runtime::backend::Gpu>>,
@@ -392,7 +432,11 @@ fn residual_layer_norm(
     beta: FloatTensor<Autodiff<crate::runtime::backend::Gpu>>,
     epsilon: f64,
     draw: Option<Seeded>,
-) -> FloatTensor<Autodiff<crate::runtime::backend::Gpu>> {
+    copy: bool,
+) -> (
+    FloatTensor<Autodiff<crate::runtime::backend::Gpu>>,
+    Option<FloatTensor<crate::runtime::backend::Gpu>>,
+) {
     use crate::runtime::backend::Gpu;
     let nodes = [
         a.node.clone(),
@@ -401,7 +445,7 @@ fn residual_layer_norm(
         beta.node.clone(),
     ];
     let a_half = bias.is_some();
-    let [normalized, deviation, y] = super::layer_norm_cuda::forward_sum::<Gpu>(
+    let ([normalized, deviation, y], copy) = super::layer_norm_cuda::forward_sum::<Gpu>(
         a.primitive,
         Some(residual.primitive),
         bias,
@@ -409,16 +453,18 @@ fn residual_layer_norm(
         beta.primitive,
         epsilon,
         draw,
+        copy,
     );
     let op = ResidualBackward { draw, a_half };
-    match op
+    let y = match op
         .prepare::<NoCheckpointing>(nodes)
         .compute_bound()
         .stateful()
     {
         OpsKind::Tracked(prep) => prep.finish((normalized, deviation, gamma.primitive), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
-    }
+    };
+    (y, copy)
 }
 
 #[cfg(test)]

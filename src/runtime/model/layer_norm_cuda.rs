@@ -42,7 +42,7 @@ use cubecl::prelude::{CubeCount, CubeDim};
 
 use crate::runtime::backend::{Gpu, same_type};
 use crate::runtime::fusion_op::{
-    Cube, Kernels, Prim, Runtime, contiguous, empty, empty_f32, launch, launch_typed,
+    Cube, Kernels, Prim, Runtime, contiguous, empty, empty_f32, launch_typed,
 };
 use crate::runtime::model::dropout::Seeded;
 use crate::runtime::model::dropout_cuda::KernelDraw;
@@ -91,15 +91,18 @@ mod kernels {
     /// One row per warp: `normalized`, `y`, and the row's `deviation`, of
     /// `a` or (with `add`) of `dropout(a) + residual`; with `biased`, `a`
     /// is `a + bias` (a bias per feature).
+    /// With `copy`, `y` is also written in `H` to `y_copy` (bf16 for the
+    /// next product).
     #[allow(clippy::too_many_arguments)]
     #[cube(launch_unchecked)]
-    pub(super) fn forward(
+    pub(super) fn forward<H: Float>(
         a: &Array<f32>,
         residual: &Array<f32>,
         bias: &Array<f32>,
         gamma: &Array<f32>,
         beta: &Array<f32>,
         y: &mut Array<f32>,
+        y_copy: &mut Array<H>,
         normalized: &mut Array<f32>,
         deviation: &mut Array<f32>,
         seed: u32,
@@ -112,6 +115,8 @@ mod kernels {
         #[comptime] add: bool,
         #[comptime] biased: bool,
         #[comptime] dropout: bool,
+        #[comptime] copy: bool,
+        #[define(H)] _copy_dtype: StorageType,
     ) {
         let draw = Draw {
             seed,
@@ -153,7 +158,11 @@ mod kernels {
                     - mean)
                     / sigma;
                 normalized[start + i] = n;
-                y[start + i] = n * gamma[i] + beta[i];
+                let out = n * gamma[i] + beta[i];
+                y[start + i] = out;
+                if copy {
+                    y_copy[start + i] = H::cast_from(out);
+                }
                 i += lanes;
             }
             if lane == 0 {
@@ -315,6 +324,8 @@ struct Forward {
     /// Whether a bias per feature (the last input) is added to `a` before
     /// the dropout.
     biased: bool,
+    /// Whether y is also written in bf16 (a fourth output).
+    copy: bool,
     draw: KernelDraw,
 }
 
@@ -339,14 +350,20 @@ impl Kernels for Forward {
         let mut per_row = shape.clone();
         per_row[shape.num_dims() - 1] = 1;
         let y = empty_f32(&a, shape.clone());
+        let copy = if self.copy {
+            empty(&a, shape.clone(), DType::BF16)
+        } else {
+            empty_f32(&a, Shape::new([1]))
+        };
+        let copy_dtype = copy.dtype;
         let normalized = empty_f32(&a, shape);
         let deviation = empty_f32(&a, per_row);
         // SAFETY: `row < rows` and `i < width` bound every index: a, the
-        // residual (read only with `add`), y and normalized hold rows ×
-        // width values, γ, β and the bias (read only with `biased`) width,
-        // deviation rows.
+        // residual (read only with `add`), y, the copy (written only with
+        // `copy`) and normalized hold rows × width values, γ, β and the
+        // bias (read only with `biased`) width, deviation rows.
         unsafe {
-            kernels::forward::launch_unchecked(
+            kernels::forward::launch_unchecked::<Runtime>(
                 &a.client,
                 row_cubes(rows),
                 CubeDim::new_2d(LANES, ROWS_PER_CUBE),
@@ -356,6 +373,7 @@ impl Kernels for Forward {
                 gamma.into_array_arg(),
                 beta.into_array_arg(),
                 y.clone().into_array_arg(),
+                copy.clone().into_array_arg(),
                 normalized.clone().into_array_arg(),
                 deviation.clone().into_array_arg(),
                 self.draw.seed,
@@ -368,9 +386,15 @@ impl Kernels for Forward {
                 self.add,
                 self.biased,
                 self.draw.dropout,
+                self.copy,
+                copy_dtype.into(),
             )
         };
-        vec![y, normalized, deviation]
+        let mut out = vec![y, normalized, deviation];
+        if self.copy {
+            out.push(copy);
+        }
+        out
     }
 }
 
@@ -383,13 +407,16 @@ pub(crate) fn forward<I: Backend>(
     beta: FloatTensor<I>,
     epsilon: f64,
 ) -> [FloatTensor<I>; 3] {
-    forward_sum::<I>(x, None, None, gamma, beta, epsilon, None)
+    let ([normalized, deviation, y], _) =
+        forward_sum::<I>(x, None, None, gamma, beta, epsilon, None, false);
+    [normalized, deviation, y]
 }
 
 /// [`forward`] of `dropout(a + bias) + residual` (`draw`: the dropout's
 /// seed and keep probability; `bias` `[width]`, added to every row), the
-/// sum made where the kernel reads it. Call only where [`applies`] said
-/// so.
+/// sum made where the kernel reads it; with `copy`, also y in bf16 (the
+/// same kernel writes it: one launch where a cast after is two). Call only
+/// where [`applies`] said so.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_sum<I: Backend>(
     a: FloatTensor<I>,
@@ -399,7 +426,8 @@ pub(crate) fn forward_sum<I: Backend>(
     beta: FloatTensor<I>,
     epsilon: f64,
     draw: Option<Seeded>,
-) -> [FloatTensor<I>; 3] {
+    copy: bool,
+) -> ([FloatTensor<I>; 3], Option<FloatTensor<I>>) {
     let shape = a.shape();
     let mut deviation = shape.clone();
     let last = deviation.num_dims() - 1;
@@ -409,25 +437,35 @@ pub(crate) fn forward_sum<I: Backend>(
     let mut inputs = vec![prim::<I>(a), prim::<I>(gamma), prim::<I>(beta)];
     inputs.extend(residual.map(prim::<I>));
     inputs.extend(bias.map(prim::<I>));
-    let out = launch(
+    let mut outputs = vec![
+        (shape.clone(), DType::F32),
+        (shape.clone(), DType::F32),
+        (deviation, DType::F32),
+    ];
+    if copy {
+        outputs.push((shape, DType::BF16));
+    }
+    let mut out = launch_typed(
         if add {
             "ftl_residual_layer_norm"
         } else {
             "ftl_layer_norm"
         },
         inputs,
-        vec![shape.clone(), shape, deviation],
+        outputs,
         Forward {
             epsilon: epsilon as f32,
             add,
             biased,
+            copy,
             draw: KernelDraw::new(draw),
         },
-    );
-    let [y, normalized, deviation]: [Prim; 3] = out
-        .try_into()
-        .expect("three outputs: y, normalized, deviation");
-    [back::<I>(normalized), back::<I>(deviation), back::<I>(y)]
+    )
+    .into_iter();
+    let mut next = || back::<I>(out.next().expect("y, normalized, deviation"));
+    let [y, normalized, deviation] = [next(), next(), next()];
+    let copy = copy.then(next);
+    ([normalized, deviation, y], copy)
 }
 
 #[derive(Debug)]

@@ -382,6 +382,54 @@ impl<B: Backend> Projection<B> {
         out
     }
 
+    /// [`Projection::forward`] given `copy`, the f32 input in bf16 where
+    /// the block before wrote it (`LayerNorm::forward_residual_copied`; a
+    /// constant). Training on CUDA under bf16 products, a dense layer
+    /// without an adapter is one operation (`model::product::full_rows`)
+    /// that reads the copy (or casts the input itself) and writes the
+    /// input's gradient in f32, where autodiff's cast costs a launch each
+    /// way. Otherwise [`Projection::forward`]; the values are the same.
+    pub fn forward_copied(&self, input: Tensor<B, 3>, copy: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
+        match self.full_rows(input.clone(), copy) {
+            Some(out) => out,
+            None => self.forward(input),
+        }
+    }
+
+    /// Whether [`Projection::forward_copied`] reads a bf16 copy of its
+    /// input: a dense layer without an adapter, under bf16 products.
+    pub fn reads_copy(&self) -> bool {
+        self.half && self.adapter.is_none() && self.packed.is_none() && self.weight.is_some()
+    }
+
+    /// [`Projection::forward_copied`]'s one operation, where it applies.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    fn full_rows(&self, x: Tensor<B, 3>, copy: Option<Tensor<B, 3>>) -> Option<Tensor<B, 3>> {
+        #[cfg(feature = "cuda")]
+        if self.reads_copy()
+            && x.dtype() == DType::F32
+            && std::any::TypeId::of::<B>()
+                == std::any::TypeId::of::<burn::backend::Autodiff<crate::runtime::backend::Gpu>>()
+        {
+            use crate::runtime::backend::{Gpu, same_type};
+            let w = as_half(self.weight.as_ref()?.val());
+            let [batch, seq, d_in] = x.dims();
+            let d_out = w.dims()[1];
+            let rows = |t: Tensor<B, 3>| t.reshape([batch * seq, d_in]);
+            let out = super::product::full_rows::<Gpu>(
+                same_type(rows(x)),
+                copy.map(|c| same_type(rows(c))),
+                same_type(w),
+            )?;
+            let mut out: Tensor<B, 2> = same_type(out);
+            if let Some(bias) = &self.bias {
+                out = out + bias.val().unsqueeze();
+            }
+            return Some(out.reshape([batch, seq, d_out]));
+        }
+        None
+    }
+
     /// [`Projection::forward`] in bf16 given the input in both precisions
     /// (layers that read the same input cast it once).
     pub fn forward_with_half(&self, input: Tensor<B, 3>, half: Tensor<B, 3>) -> Tensor<B, 3> {
