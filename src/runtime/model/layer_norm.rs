@@ -107,6 +107,7 @@ impl<B: Backend> LayerNorm<B> {
     /// its own. The copy is a constant (no gradient flows through it: the
     /// product that reads it gives its input's gradient to the f32
     /// output). `None` elsewhere, or without `copy`.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
     pub fn forward_residual_copied<const D: usize>(
         &self,
         a: Tensor<B, D>,
@@ -119,7 +120,6 @@ impl<B: Backend> LayerNorm<B> {
             Ok(y) => return y,
             Err(inputs) => inputs,
         };
-        let _ = copy;
         (self.forward(dropout.forward(a) + residual), None)
     }
 

@@ -414,9 +414,9 @@ pub(crate) fn forward<I: Backend>(
 
 /// [`forward`] of `dropout(a + bias) + residual` (`draw`: the dropout's
 /// seed and keep probability; `bias` `[width]`, added to every row), the
-/// sum made where the kernel reads it; with `copy`, also y in bf16 (the
-/// same kernel writes it: one launch where a cast after is two). Call only
-/// where [`applies`] said so.
+/// sum made where the kernel reads it; with `copy`, also y in bf16,
+/// written by the same kernel (a cast after it would be a launch of its
+/// own). Call only where [`applies`] said so.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_sum<I: Backend>(
     a: FloatTensor<I>,
