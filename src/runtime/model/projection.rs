@@ -388,7 +388,8 @@ impl<B: Backend> Projection<B> {
     /// without an adapter is one operation (`model::product::full_rows`)
     /// that reads the copy (or casts the input itself) and writes the
     /// input's gradient in f32, where autodiff's cast costs a launch each
-    /// way. Otherwise [`Projection::forward`]; the values are the same.
+    /// way. Otherwise [`Projection::forward`]. The output is the same
+    /// either way; the input's gradient is not rounded to bf16 here.
     pub fn forward_copied(&self, input: Tensor<B, 3>, copy: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
         match self.full_rows(input.clone(), copy) {
             Some(out) => out,
